@@ -28,22 +28,27 @@ pub(crate) fn deserialize_fixed<'de, D: Deserializer<'de>, const N: usize>(
         prefix: &'static str,
     }
     impl<const N: usize> FixedVisitor<N> {
-        fn from_slice<E: de::Error>(&self, v: &[u8]) -> Result<[u8; N], E> {
+        fn check_len<E: de::Error>(&self, v: &[u8]) -> Result<[u8; N], E> {
             <[u8; N]>::try_from(v).map_err(|_| E::invalid_length(v.len(), self))
         }
     }
     impl<'de, const N: usize> Visitor<'de> for FixedVisitor<N> {
         type Value = [u8; N];
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            write!(f, "{N} bytes, or \"{}\" followed by {} hex digits", self.prefix, N * 2)
+            write!(
+                f,
+                "{N} bytes, or \"{}\" followed by {} hex digits",
+                self.prefix,
+                N * 2
+            )
         }
         fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
-            self.from_slice(v)
+            self.check_len(v)
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
             let digits = v.strip_prefix(self.prefix).unwrap_or(v);
             let raw = hex::decode(digits).map_err(E::custom)?;
-            self.from_slice(&raw)
+            self.check_len(&raw)
         }
         fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
             let mut out = [0u8; N];

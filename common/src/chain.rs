@@ -162,8 +162,11 @@ impl Checkpoint {
     /// Checks the signature against the node's public key.
     pub fn verify_signature(&self, key: &VerifyingKey) -> Result<(), VerifyError> {
         let sig = Signature::from_bytes(&self.signature.0);
-        key.verify(&checkpoint_message(&self.node_id, self.seq, &self.head), &sig)
-            .map_err(|_| VerifyError::BadSignature { seq: self.seq })
+        key.verify(
+            &checkpoint_message(&self.node_id, self.seq, &self.head),
+            &sig,
+        )
+        .map_err(|_| VerifyError::BadSignature { seq: self.seq })
     }
 }
 
@@ -180,13 +183,17 @@ pub enum VerifyError {
     Gap { expected: u64, got: u64 },
     #[error("wrong prev_hash at seq {seq}: the event does not chain to the one before")]
     WrongPrevHash { seq: u64 },
-    #[error("fork at seq {seq}: a different event is already stored under this seq ({stored} vs {offered})")]
+    #[error(
+        "fork at seq {seq}: a different event is already stored under this seq ({stored} vs {offered})"
+    )]
     Fork {
         seq: u64,
         stored: Digest,
         offered: Digest,
     },
-    #[error("checkpoint covers seq {checkpoint_seq} head {checkpoint_head} but the batch ends at seq {batch_seq} head {batch_head}")]
+    #[error(
+        "checkpoint covers seq {checkpoint_seq} head {checkpoint_head} but the batch ends at seq {batch_seq} head {batch_head}"
+    )]
     CheckpointMismatch {
         checkpoint_seq: u64,
         checkpoint_head: Digest,
@@ -389,12 +396,18 @@ mod tests {
         gap.remove(1);
         assert!(matches!(
             verify_batch("n1", &vk, genesis, &gap, &cp(&k, "n1", &gap), &none),
-            Err(VerifyError::Gap { expected: 2, got: 3 })
+            Err(VerifyError::Gap {
+                expected: 2,
+                got: 3
+            })
         ));
         // Gap against the stored head.
         assert!(matches!(
             verify_batch("n1", &vk, genesis, &evs[1..], &good, &none),
-            Err(VerifyError::Gap { expected: 1, got: 2 })
+            Err(VerifyError::Gap {
+                expected: 1,
+                got: 2
+            })
         ));
         // Payload tampered: the next event no longer chains to it.
         let mut tampered = evs.clone();
@@ -455,8 +468,15 @@ mod tests {
         assert_eq!(out.first_new, 3);
         assert_eq!(out.head.seq, 6);
         // Entirely old: nothing new, head unchanged.
-        let out = verify_batch("n1", &vk, stored, &evs[..2], &cp(&k, "n1", &evs[..2]), &known)
-            .expect("duplicate verifies");
+        let out = verify_batch(
+            "n1",
+            &vk,
+            stored,
+            &evs[..2],
+            &cp(&k, "n1", &evs[..2]),
+            &known,
+        )
+        .expect("duplicate verifies");
         assert_eq!(out.first_new, 2);
         assert_eq!(out.head, stored);
 
@@ -475,8 +495,8 @@ mod tests {
             *e = SealedEvent::seal(e.event.clone());
             prev = e.hash;
         }
-        let err = verify_batch("n1", &vk, stored, &alt, &cp(&k, "n1", &alt), &known)
-            .expect_err("fork");
+        let err =
+            verify_batch("n1", &vk, stored, &alt, &cp(&k, "n1", &alt), &known).expect_err("fork");
         assert!(matches!(err, VerifyError::Fork { seq: 2, .. }), "{err:?}");
     }
 }

@@ -91,7 +91,9 @@ fn down_state(since_contact: Span, th: &Thresholds) -> ConnectivityState {
 fn is_down(state: ConnectivityState) -> bool {
     matches!(
         state,
-        ConnectivityState::EdgeCached | ConnectivityState::Autonomous | ConnectivityState::Disconnected
+        ConnectivityState::EdgeCached
+            | ConnectivityState::Autonomous
+            | ConnectivityState::Disconnected
     )
 }
 
@@ -114,8 +116,12 @@ pub fn next_state(
     match obs.link {
         Link::Down => {
             let target = down_state(obs.since_contact, th);
-            // Down states only get worse while the link stays down.
-            if current == target || (is_down(current) && target < current) {
+            // Down states only get worse while the link stays down, except
+            // that `disconnected` with recent contact (a node just
+            // provisioned, or one that was reached since) takes the state the
+            // time since contact calls for.
+            let improving = is_down(current) && target < current;
+            if current == target || (improving && current != S::Disconnected) {
                 return None;
             }
             let reason = match target {
@@ -133,15 +139,14 @@ pub fn next_state(
             (is_down(current)).then(|| to(S::Returning, Some("connection_detected")))
         }
         Link::Up => {
-            if current == S::Replaying || is_down(current) || current == S::Returning {
-                if obs.backlog > th.replay_backlog {
-                    if current == S::Replaying {
-                        return None;
-                    }
-                    let mut t = to(S::Replaying, None);
-                    t.backlog = Some(obs.backlog);
-                    return Some(t);
+            let resuming = current == S::Replaying || is_down(current) || current == S::Returning;
+            if resuming && obs.backlog > th.replay_backlog {
+                if current == S::Replaying {
+                    return None;
                 }
+                let mut t = to(S::Replaying, None);
+                t.backlog = Some(obs.backlog);
+                return Some(t);
             }
             let rtt = obs.rtt_ms.unwrap_or(0);
             let target = match current {
@@ -212,7 +217,14 @@ mod tests {
         );
         assert_eq!(
             states,
-            vec![S::Delayed, S::EdgeCached, S::Autonomous, S::Returning, S::Replaying, S::Live]
+            vec![
+                S::Delayed,
+                S::EdgeCached,
+                S::Autonomous,
+                S::Returning,
+                S::Replaying,
+                S::Live
+            ]
         );
     }
 
@@ -224,9 +236,15 @@ mod tests {
         let t = next_state(S::Live, &obs(Link::Up, Some(5_000), 0, 0), &th).expect("delayed");
         assert_eq!((t.to, t.latency_ms), (S::Delayed, Some(5_000)));
         let t = next_state(S::Delayed, &obs(Link::Down, None, 1, 0), &th).expect("edge");
-        assert_eq!((t.to, t.sync_interval), (S::EdgeCached, Some(Span::from_mins(15))));
+        assert_eq!(
+            (t.to, t.sync_interval),
+            (S::EdgeCached, Some(Span::from_mins(15)))
+        );
         let t = next_state(S::EdgeCached, &obs(Link::Down, None, 600, 0), &th).expect("auto");
-        assert_eq!((t.to, t.reason.as_deref()), (S::Autonomous, Some("connection_lost")));
+        assert_eq!(
+            (t.to, t.reason.as_deref()),
+            (S::Autonomous, Some("connection_lost"))
+        );
     }
 
     #[test]
@@ -240,6 +258,11 @@ mod tests {
         assert!(next_state(S::EdgeCached, &obs(Link::Down, None, 1, 0), &th).is_none());
         let t = next_state(S::Autonomous, &obs(Link::Down, None, 90_000, 0), &th).expect("disc");
         assert_eq!(t.to, S::Disconnected);
+        // A fresh node (disconnected, recent contact) takes the state its
+        // time since contact calls for.
+        let t = next_state(S::Disconnected, &obs(Link::Down, None, 1, 0), &th).expect("fresh");
+        assert_eq!(t.to, S::EdgeCached);
+        assert!(next_state(S::Disconnected, &obs(Link::Down, None, 90_000, 0), &th).is_none());
         // Connecting only matters from a down state.
         assert!(next_state(S::Live, &obs(Link::Connecting, None, 0, 0), &th).is_none());
         // A resumed session without backlog goes straight to live.

@@ -46,11 +46,21 @@ pub fn apply(twin: &mut DigitalTwin, event: &Event) {
             twin.software.actual_version = qualified(&d.component, &d.actual);
         }
         P::ConfigDrift(d) => {
-            for f in &d.fields {
-                twin.state.desired.insert(f.field.clone(), f.desired.clone());
-                if let Some(actual) = &f.actual {
-                    twin.state.actual.insert(f.field.clone(), actual.clone());
+            // `fields` is everything found out of line: every other desired
+            // field is in line (an empty list means all of them are).
+            let state = &mut twin.state;
+            for (field, want) in &state.desired {
+                if !d.fields.iter().any(|f| &f.field == field) {
+                    state.actual.insert(field.clone(), want.clone());
                 }
+            }
+            for f in &d.fields {
+                state.desired.insert(f.field.clone(), f.desired.clone());
+                match &f.actual {
+                    Some(actual) => state.actual.insert(f.field.clone(), actual.clone()),
+                    // The node lacks the field.
+                    None => state.actual.remove(&f.field),
+                };
             }
         }
         P::PolicyDrift(d) => {
@@ -107,7 +117,8 @@ pub fn apply(twin: &mut DigitalTwin, event: &Event) {
         P::ConnectionLost(_) => {}
         P::SyncCompleted(s) => {
             twin.connectivity.last_sync = Some(at);
-            twin.connectivity.message_backlog = event.seq.saturating_sub(1).saturating_sub(s.acked_seq);
+            twin.connectivity.message_backlog =
+                event.seq.saturating_sub(1).saturating_sub(s.acked_seq);
         }
         P::ReplayStarted(r) => twin.connectivity.message_backlog = r.backlog,
         P::ReplayCompleted(_) => twin.connectivity.message_backlog = 0,
@@ -157,7 +168,9 @@ pub fn apply(twin: &mut DigitalTwin, event: &Event) {
         P::SoftwareReported(s) => {
             twin.software.actual_version = qualified(&s.component, &s.version);
             twin.software.sbom_hash.clone_from(&s.sbom_hash);
-            twin.software.image_provenance.clone_from(&s.image_provenance);
+            twin.software
+                .image_provenance
+                .clone_from(&s.image_provenance);
         }
         P::ConfigReported(c) => {
             twin.state.actual.clone_from(&c.values);

@@ -4,20 +4,61 @@
 use crate::event::{Event, EventPayload};
 use crate::model::ConnectivityState;
 use crate::time::{Span, Timestamp};
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
 
 /// One row of the ledger: a state the node entered, when, and the details
 /// it gave (latency, sync interval, reason, backlog).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// In JSON a row shows only the details it has, as the seed's ledger does
+/// (`{timestamp, state, latency_ms}`); binary formats carry every field.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct LedgerEntry {
     pub timestamp: Timestamp,
     pub state: ConnectivityState,
+    #[serde(default)]
     pub latency_ms: Option<u32>,
+    #[serde(default)]
     pub sync_interval: Option<Span>,
+    #[serde(default)]
     pub reason: Option<String>,
+    #[serde(default)]
     pub backlog: Option<u64>,
     /// Seq of the event that recorded this transition.
     pub seq: u64,
+}
+
+impl Serialize for LedgerEntry {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // Skipping absent details is only sound for self-describing formats:
+        // postcard reads fields by position.
+        let human = serializer.is_human_readable();
+        let details = [
+            self.latency_ms.is_some(),
+            self.sync_interval.is_some(),
+            self.reason.is_some(),
+            self.backlog.is_some(),
+        ];
+        let shown = |present: bool| present || !human;
+        let len = 3 + details.iter().filter(|p| shown(**p)).count();
+        let mut row = serializer.serialize_struct("LedgerEntry", len)?;
+        row.serialize_field("timestamp", &self.timestamp)?;
+        row.serialize_field("state", &self.state)?;
+        if shown(details[0]) {
+            row.serialize_field("latency_ms", &self.latency_ms)?;
+        }
+        if shown(details[1]) {
+            row.serialize_field("sync_interval", &self.sync_interval)?;
+        }
+        if shown(details[2]) {
+            row.serialize_field("reason", &self.reason)?;
+        }
+        if shown(details[3]) {
+            row.serialize_field("backlog", &self.backlog)?;
+        }
+        row.serialize_field("seq", &self.seq)?;
+        row.end()
+    }
 }
 
 impl LedgerEntry {

@@ -22,6 +22,8 @@ pub mod event;
 pub mod fold;
 pub mod ledger;
 pub mod model;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod time;
 pub mod version;
 

@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 /// The seven connectivity states of the seed's spectrum, best first.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum ConnectivityState {
     Live,
@@ -68,7 +70,9 @@ impl std::str::FromStr for ConnectivityState {
 }
 
 /// Lifecycle phases of the seed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum LifecyclePhase {
     #[default]
@@ -81,7 +85,9 @@ pub enum LifecyclePhase {
 }
 
 /// The node's operational state (the seed's "operational state changes").
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum OperationalState {
     #[default]
@@ -92,7 +98,9 @@ pub enum OperationalState {
 }
 
 /// Outcome of the node's last attestation.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum AttestationState {
     #[default]

@@ -49,7 +49,10 @@ impl Timestamp {
 
     /// `self + span`, saturating.
     pub fn plus(self, span: Span) -> Self {
-        Timestamp(self.0.saturating_add((span.0 as i64).saturating_mul(1_000_000)))
+        Timestamp(
+            self.0
+                .saturating_add((span.0 as i64).saturating_mul(1_000_000)),
+        )
     }
 
     /// The whole seconds from `earlier` to `self`, zero if `earlier` is later.
@@ -135,7 +138,9 @@ impl Span {
                 's' => 1,
                 _ => return Err(SpanParseError(text.to_owned())),
             };
-            let n: u64 = number.parse().map_err(|_| SpanParseError(text.to_owned()))?;
+            let n: u64 = number
+                .parse()
+                .map_err(|_| SpanParseError(text.to_owned()))?;
             total = total.saturating_add(n.saturating_mul(unit));
             number.clear();
         }

@@ -112,16 +112,32 @@ mod tests {
     fn parses_fleet_version_names() {
         let r = Release::parse("souverix-rempart-1.4.7").expect("parse");
         assert_eq!((r.major, r.minor, r.patch), (1, 4, 7));
-        assert_eq!(Release::parse("2.1"), Some(Release { major: 2, minor: 1, patch: 0 }));
+        assert_eq!(
+            Release::parse("2.1"),
+            Some(Release {
+                major: 2,
+                minor: 1,
+                patch: 0
+            })
+        );
         assert_eq!(Release::parse("policy-v2.1"), None);
         assert_eq!(strip_component("souverix-rempart-1.4.7"), "1.4.7");
-        assert_eq!(qualified("souverix-rempart", "1.4.7"), "souverix-rempart-1.4.7");
-        assert_eq!(qualified("souverix-rempart", "souverix-rempart-1.4.7"), "souverix-rempart-1.4.7");
+        assert_eq!(
+            qualified("souverix-rempart", "1.4.7"),
+            "souverix-rempart-1.4.7"
+        );
+        assert_eq!(
+            qualified("souverix-rempart", "souverix-rempart-1.4.7"),
+            "souverix-rempart-1.4.7"
+        );
     }
 
     #[test]
     fn distance_drives_the_score() {
-        assert_eq!(distance("1.4.7", "souverix-rempart-1.4.6"), Distance::Patch(1));
+        assert_eq!(
+            distance("1.4.7", "souverix-rempart-1.4.6"),
+            Distance::Patch(1)
+        );
         assert_eq!(distance("1.4.7", "1.4.6").score(), 1);
         assert_eq!(distance("1.6.0", "1.4.9").score(), 20);
         assert_eq!(distance("2.0.0", "1.4.9").score(), 100);

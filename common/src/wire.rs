@@ -120,7 +120,9 @@ pub fn parse_header(header: [u8; FRAME_HEADER_BYTES], limit: usize) -> Result<us
         return Err(DecodeError::Oversized { size: len, limit });
     }
     if len < 2 {
-        return Err(DecodeError::Malformed(format!("frame length {len} below header")));
+        return Err(DecodeError::Malformed(format!(
+            "frame length {len} below header"
+        )));
     }
     let version = u16::from_be_bytes([header[4], header[5]]);
     if version != WIRE_VERSION {
@@ -165,7 +167,7 @@ impl FrameDecoder {
 
     /// The next complete message, `Ok(None)` if more bytes are needed. An
     /// error is final: the stream is unusable after it.
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, DecodeError> {
+    pub fn next_message<T: DeserializeOwned>(&mut self) -> Result<Option<T>, DecodeError> {
         let Some(header) = self.buf.first_chunk::<FRAME_HEADER_BYTES>() else {
             return Ok(None);
         };
@@ -205,7 +207,7 @@ mod tests {
         let mut out = Vec::new();
         for b in bytes.chunks(3) {
             dec.push(b);
-            while let Some(m) = dec.next::<AggregatorMessage>().expect("decode") {
+            while let Some(m) = dec.next_message::<AggregatorMessage>().expect("decode") {
                 out.push(m);
             }
         }
@@ -218,7 +220,7 @@ mod tests {
         let mut dec = FrameDecoder::new(16);
         dec.push(&[0, 0, 1, 0, 0, 1]);
         assert_eq!(
-            dec.next::<AggregatorMessage>(),
+            dec.next_message::<AggregatorMessage>(),
             Err(DecodeError::Oversized {
                 size: 256,
                 limit: 16
@@ -229,7 +231,7 @@ mod tests {
         f[5] = 99;
         dec.push(&f);
         assert!(matches!(
-            dec.next::<AggregatorMessage>(),
+            dec.next_message::<AggregatorMessage>(),
             Err(DecodeError::UnknownVersion { found: 99, .. })
         ));
     }

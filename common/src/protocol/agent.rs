@@ -16,7 +16,7 @@ pub struct AgentConfig {
     pub window_events: u64,
     pub heartbeat_interval_us: i64,
     /// Resend from the last ack when nothing is acknowledged for this long
-    /// while events are in flight.
+    /// while events are in flight; resend `Hello` when no `Resume` came.
     pub ack_timeout_us: i64,
     /// Give up when nothing at all is heard for this long.
     pub idle_timeout_us: i64,
@@ -66,12 +66,24 @@ enum Phase {
 #[derive(Debug)]
 pub struct AgentSession {
     cfg: AgentConfig,
+    node_id: String,
     phase: Phase,
     head: ChainHead,
     acked: ChainHead,
     next_send: u64,
+    /// The highest seq sent in this session.
     max_sent: u64,
+    /// `max_sent` when the agent last went back to resend (a `Rewind` or
+    /// the ack timeout). Until the aggregator holds it, a `Rewind` may
+    /// answer a batch sent before going back, so it does not send the agent
+    /// back again (it still counts as an ack); a lost resend is left to the
+    /// ack timeout. Without this, each out-of-order batch sent the whole
+    /// window again, whose reordering caused more rewinds: a storm.
+    recover_until: u64,
     batch_requested: bool,
+    /// When `Hello` was last queued; resent after `ack_timeout_us` without
+    /// `Resume` (the handshake survives loss like the batches do).
+    hello_sent: Timestamp,
     last_heard: Timestamp,
     last_progress: Timestamp,
     next_heartbeat: Timestamp,
@@ -95,12 +107,15 @@ impl AgentSession {
         let next_heartbeat = Timestamp(now.0 + cfg.heartbeat_interval_us);
         AgentSession {
             cfg,
+            node_id: node_id.to_owned(),
             phase: Phase::Handshaking,
             head,
             acked: ChainHead::default(),
             next_send: 1,
             max_sent: 0,
+            recover_until: 0,
             batch_requested: false,
+            hello_sent: now,
             last_heard: now,
             last_progress: now,
             next_heartbeat,
@@ -135,8 +150,11 @@ impl AgentSession {
         self.rtt_ms
     }
 
-    fn in_flight(&self) -> u64 {
-        self.next_send.saturating_sub(1).saturating_sub(self.acked.seq)
+    /// Events sent and not yet acknowledged.
+    pub fn in_flight(&self) -> u64 {
+        self.next_send
+            .saturating_sub(1)
+            .saturating_sub(self.acked.seq)
     }
 
     fn close(&mut self, end: SessionEnd) {
@@ -156,7 +174,9 @@ impl AgentSession {
         match msg {
             AggregatorMessage::Resume { durable, desired } => {
                 if self.phase != Phase::Handshaking {
-                    return self.close(SessionEnd::ProtocolViolation("second Resume".into()));
+                    // A duplicate, or the answer to a resent `Hello`: what
+                    // it says, the acks say too.
+                    return;
                 }
                 if durable.seq > self.head.seq {
                     return self.close(SessionEnd::ProtocolViolation(format!(
@@ -167,21 +187,21 @@ impl AgentSession {
                 self.phase = Phase::Streaming;
                 self.acked = durable;
                 self.next_send = durable.seq + 1;
-                self.max_sent = durable.seq;
                 self.last_progress = now;
-                self.events.push_back(AgentEvent::Resumed { durable, desired });
+                self.events
+                    .push_back(AgentEvent::Resumed { durable, desired });
                 self.pump();
             }
             AggregatorMessage::Ack { head } => self.advance(head, now, false),
             AggregatorMessage::Rewind { durable } => self.advance(durable, now, true),
             AggregatorMessage::Pong { ping } => {
-                if let Some((id, sent)) = self.ping_sent {
-                    if id == ping {
-                        let rtt = ((now.0 - sent.0).max(0) / 1_000) as u32;
-                        self.rtt_ms = Some(rtt);
-                        self.ping_sent = None;
-                        self.events.push_back(AgentEvent::Rtt { rtt_ms: rtt });
-                    }
+                if let Some((id, sent)) = self.ping_sent
+                    && id == ping
+                {
+                    let rtt = ((now.0 - sent.0).max(0) / 1_000) as u32;
+                    self.rtt_ms = Some(rtt);
+                    self.ping_sent = None;
+                    self.events.push_back(AgentEvent::Rtt { rtt_ms: rtt });
                 }
             }
             AggregatorMessage::Refuse { code, message } => {
@@ -195,10 +215,14 @@ impl AgentSession {
         if self.phase != Phase::Streaming {
             return self.close(SessionEnd::ProtocolViolation("ack before Resume".into()));
         }
-        if head.seq > self.max_sent {
+        // Not "beyond what this session sent": the store may durably hold
+        // more than `Resume` said (a commit of the previous connection that
+        // finished after it), and a duplicate batch is acknowledged with the
+        // store's head. Beyond the journal, though, is impossible.
+        if head.seq > self.head.seq {
             return self.close(SessionEnd::ProtocolViolation(format!(
-                "ack of seq {} but only {} was ever sent",
-                head.seq, self.max_sent
+                "ack of seq {} but the journal ends at {}",
+                head.seq, self.head.seq
             )));
         }
         if head.seq < self.acked.seq {
@@ -210,7 +234,11 @@ impl AgentSession {
             self.last_progress = now;
             self.events.push_back(AgentEvent::Acked { head });
         }
-        if rewind || self.next_send <= head.seq {
+        let go_back = rewind && self.acked.seq >= self.recover_until;
+        if go_back {
+            self.recover_until = self.max_sent;
+        }
+        if go_back || self.next_send <= head.seq {
             self.next_send = head.seq + 1;
             self.last_progress = now;
         }
@@ -247,7 +275,8 @@ impl AgentSession {
         }
         self.next_send = last + 1;
         self.max_sent = self.max_sent.max(last);
-        self.transmit.push_back(AgentMessage::Batch { events, checkpoint });
+        self.transmit
+            .push_back(AgentMessage::Batch { events, checkpoint });
         self.pump();
     }
 
@@ -281,11 +310,21 @@ impl AgentSession {
         if now.0 - self.last_heard.0 >= self.cfg.idle_timeout_us {
             return self.close(SessionEnd::Timeout);
         }
+        if self.phase == Phase::Handshaking && now.0 - self.hello_sent.0 >= self.cfg.ack_timeout_us
+        {
+            self.hello_sent = now;
+            self.transmit.push_back(AgentMessage::Hello {
+                node_id: self.node_id.clone(),
+                agent_version: self.cfg.agent_version.clone(),
+                head: self.head,
+            });
+        }
         if self.phase == Phase::Streaming
             && self.in_flight() > 0
             && now.0 - self.last_progress.0 >= self.cfg.ack_timeout_us
         {
             self.next_send = self.acked.seq + 1;
+            self.recover_until = self.max_sent;
             self.last_progress = now;
             self.batch_requested = false;
             self.pump();
@@ -308,7 +347,13 @@ impl AgentSession {
         if self.phase == Phase::Closed {
             return None;
         }
-        let mut at = self.next_heartbeat.0.min(self.last_heard.0 + self.cfg.idle_timeout_us);
+        let mut at = self
+            .next_heartbeat
+            .0
+            .min(self.last_heard.0 + self.cfg.idle_timeout_us);
+        if self.phase == Phase::Handshaking {
+            at = at.min(self.hello_sent.0 + self.cfg.ack_timeout_us);
+        }
         if self.phase == Phase::Streaming && self.in_flight() > 0 {
             at = at.min(self.last_progress.0 + self.cfg.ack_timeout_us);
         }

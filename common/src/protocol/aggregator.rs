@@ -54,7 +54,10 @@ pub enum AggregatorEvent {
 /// Why the store did not take a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rejection {
-    /// The batch starts past the durable head: the agent must resend.
+    /// The batch starts past the head it was admitted against (`durable`,
+    /// which may be a staged, not yet committed head): the agent must
+    /// resend. The session rewinds the agent to its own last committed
+    /// head, never to this one.
     AheadOfDurable { durable: ChainHead },
     /// The batch failed verification; nothing was stored.
     Invalid(VerifyError),
@@ -78,7 +81,10 @@ pub struct AggregatorSession {
     cfg: AggregatorConfig,
     node_id: String,
     phase: Phase,
+    /// The last head the driver reported durable (`resume`, `committed`):
+    /// the only head ever sent in `Ack`, `Rewind` or `Resume`.
     durable: ChainHead,
+    desired: Option<DesiredState>,
     agent_head: ChainHead,
     last_heard: Timestamp,
     transmit: VecDeque<AggregatorMessage>,
@@ -92,6 +98,7 @@ impl AggregatorSession {
             node_id: node_id.to_owned(),
             phase: Phase::AwaitHello,
             durable: ChainHead::default(),
+            desired: None,
             agent_head: ChainHead::default(),
             last_heard: now,
             transmit: VecDeque::new(),
@@ -127,7 +134,10 @@ impl AggregatorSession {
             message: message.clone(),
         });
         self.events
-            .push_back(AggregatorEvent::Closed(SessionEnd::RefusedPeer { code, message }));
+            .push_back(AggregatorEvent::Closed(SessionEnd::RefusedPeer {
+                code,
+                message,
+            }));
     }
 
     /// A frame from the agent could not be decoded: the session ends.
@@ -171,10 +181,29 @@ impl AggregatorSession {
                     agent_head: head,
                 });
             }
+            // A duplicate `Hello`, or one the agent resent because our
+            // `Resume` was lost: answer again once the driver has resumed.
+            (Phase::AwaitResume | Phase::Streaming, AgentMessage::Hello { node_id, .. })
+                if node_id == self.node_id =>
+            {
+                if self.phase == Phase::Streaming {
+                    self.transmit.push_back(AggregatorMessage::Resume {
+                        durable: self.durable,
+                        desired: self.desired.clone(),
+                    });
+                }
+            }
             (Phase::Streaming, AgentMessage::Batch { events, checkpoint }) => {
                 self.batch(events, checkpoint)
             }
-            (Phase::Streaming | Phase::AwaitResume, AgentMessage::Heartbeat { ping, head, rtt_ms, .. }) => {
+            // A heartbeat that overtook a lost or late `Hello`: liveness only.
+            (Phase::AwaitHello, AgentMessage::Heartbeat { .. }) => {}
+            (
+                Phase::Streaming | Phase::AwaitResume,
+                AgentMessage::Heartbeat {
+                    ping, head, rtt_ms, ..
+                },
+            ) => {
                 if head.seq > self.agent_head.seq {
                     self.agent_head = head;
                 }
@@ -198,7 +227,11 @@ impl AggregatorSession {
         if raw.len() > self.cfg.max_batch_events {
             return self.refuse(
                 RefusalCode::Oversized,
-                format!("batch of {} events, limit {}", raw.len(), self.cfg.max_batch_events),
+                format!(
+                    "batch of {} events, limit {}",
+                    raw.len(),
+                    self.cfg.max_batch_events
+                ),
             );
         }
         let mut events = Vec::with_capacity(raw.len());
@@ -224,8 +257,10 @@ impl AggregatorSession {
             );
             return self.refuse(RefusalCode::IdentityMismatch, message);
         }
-        if let Some(last) = events.last() {
-            if last.event.seq > self.agent_head.seq {
+        if let Some(last) = events.last()
+            && last.event.seq > self.agent_head.seq
+        {
+            {
                 self.agent_head = ChainHead {
                     seq: last.event.seq,
                     hash: last.hash,
@@ -242,6 +277,7 @@ impl AggregatorSession {
             return;
         }
         self.durable = durable;
+        self.desired = desired.clone();
         self.phase = Phase::Streaming;
         self.transmit
             .push_back(AggregatorMessage::Resume { durable, desired });
@@ -256,18 +292,25 @@ impl AggregatorSession {
         if head.seq >= self.durable.seq {
             self.durable = head;
         }
-        self.transmit.push_back(AggregatorMessage::Ack { head: self.durable });
+        self.transmit
+            .push_back(AggregatorMessage::Ack { head: self.durable });
     }
 
     /// The store did not take a submitted batch.
     pub fn rejected(&mut self, rejection: Rejection) {
         match rejection {
-            Rejection::AheadOfDurable { durable } => {
+            Rejection::AheadOfDurable { .. } => {
+                // Rewind to the head the driver reported *committed*, not to
+                // the one the store was admitting against: a store that
+                // pipelines admits against its staged head (it must, or it
+                // would admit the same events twice), and the agent takes a
+                // `Rewind`'s head as acknowledged. Raising `durable` here
+                // also made the next `committed` of an earlier batch ack
+                // that staged head before it was durable.
                 if self.phase == Phase::Streaming {
-                    if durable.seq >= self.durable.seq {
-                        self.durable = durable;
-                    }
-                    self.transmit.push_back(AggregatorMessage::Rewind { durable });
+                    self.transmit.push_back(AggregatorMessage::Rewind {
+                        durable: self.durable,
+                    });
                 }
             }
             Rejection::Invalid(err) => {
@@ -292,7 +335,8 @@ impl AggregatorSession {
     }
 
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        (self.phase != Phase::Closed).then_some(Timestamp(self.last_heard.0 + self.cfg.idle_timeout_us))
+        (self.phase != Phase::Closed)
+            .then_some(Timestamp(self.last_heard.0 + self.cfg.idle_timeout_us))
     }
 
     pub fn poll_transmit(&mut self) -> Option<AggregatorMessage> {
@@ -326,10 +370,10 @@ pub fn admit_batch(
     checkpoint: &Checkpoint,
     known: crate::event::KnownHash<'_>,
 ) -> Result<crate::chain::VerifiedBatch, Rejection> {
-    if let Some(first) = events.first() {
-        if first.event.seq > stored.seq + 1 {
-            return Err(Rejection::AheadOfDurable { durable: stored });
-        }
+    if let Some(first) = events.first()
+        && first.event.seq > stored.seq + 1
+    {
+        return Err(Rejection::AheadOfDurable { durable: stored });
     }
     crate::chain::verify_batch(node_id, key, stored, events, checkpoint, known)
         .map_err(Rejection::Invalid)

@@ -20,7 +20,9 @@ mod agent;
 mod aggregator;
 
 pub use agent::{AgentConfig, AgentEvent, AgentSession};
-pub use aggregator::{AggregatorConfig, AggregatorEvent, AggregatorSession, Rejection, admit_batch};
+pub use aggregator::{
+    AggregatorConfig, AggregatorEvent, AggregatorSession, Rejection, admit_batch,
+};
 
 use crate::wire::RefusalCode;
 
@@ -35,6 +37,8 @@ pub enum SessionEnd {
     Timeout,
     /// The peer broke the protocol.
     ProtocolViolation(String),
+    /// This side is shutting down.
+    Shutdown,
 }
 
 impl std::fmt::Display for SessionEnd {
@@ -48,6 +52,7 @@ impl std::fmt::Display for SessionEnd {
             }
             SessionEnd::Timeout => f.write_str("peer silent past the idle timeout"),
             SessionEnd::ProtocolViolation(m) => write!(f, "protocol violation: {m}"),
+            SessionEnd::Shutdown => f.write_str("shutting down"),
         }
     }
 }

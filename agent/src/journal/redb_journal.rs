@@ -1,0 +1,650 @@
+//! [`RedbJournal`]: the journal in one redb file.
+//!
+//! # On-disk layout
+//!
+//! | table | key | value |
+//! | --- | --- | --- |
+//! | [`EVENTS_TABLE`] `events` | seq `u64` | the event's canonical postcard bytes, exactly as hashed |
+//! | [`CHECKPOINTS_TABLE`] `checkpoints` | seq `u64` | head hash (32 bytes) then Ed25519 signature (64 bytes) |
+//! | [`META_TABLE`] `meta` | name `&str` | see below |
+//!
+//! Meta entries: `format` (u32 BE), `node_id` (UTF-8), `public_key` (32
+//! raw Ed25519 bytes), and the marks, each seq as u64 BE optionally
+//! followed by a 32-byte hash: `acked` (seq+hash), `exported` (seq),
+//! `receipted` (seq+hash), `pruned` (seq+hash of the last pruned event).
+//!
+//! Event hashes are not stored: they are recomputed from the bytes on read
+//! (SHA-256 over a few hundred bytes costs far less than the extra 32 bytes
+//! per row would on every write), which also means a reader never trusts a
+//! stored hash. The head is not stored either: it is the last event row
+//! (or the `pruned` mark when every event is pruned), read once at open and
+//! then kept in memory. So an append writes exactly its event rows and one
+//! checkpoint row.
+
+use super::seal::Sealer;
+use super::{AppendOutcome, Journal, JournalError, Marks, VerifyReport};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use std::fmt;
+use std::path::Path;
+use sx_common::chain::{SignatureBytes, verify_batch};
+use sx_common::{
+    ChainHead, Checkpoint, Digest, EventPayload, SealedEvent, Span, Timestamp, VerifyError,
+};
+
+/// Events by seq: canonical postcard bytes.
+pub const EVENTS_TABLE: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("events");
+/// Checkpoints by seq: 32-byte head hash then 64-byte signature.
+pub const CHECKPOINTS_TABLE: TableDefinition<'static, u64, &[u8]> =
+    TableDefinition::new("checkpoints");
+/// Identity and marks.
+pub const META_TABLE: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("meta");
+
+/// The layout version written at create and checked at open.
+const FORMAT_VERSION: u32 = 1;
+const CHECKPOINT_ROW_LEN: usize = 32 + 64;
+
+const META_FORMAT: &str = "format";
+const META_NODE_ID: &str = "node_id";
+const META_PUBLIC_KEY: &str = "public_key";
+const META_ACKED: &str = "acked";
+const META_EXPORTED: &str = "exported";
+const META_RECEIPTED: &str = "receipted";
+const META_PRUNED: &str = "pruned";
+
+/// A [`Journal`] stored in a redb file; every write is a durable
+/// ([`redb::Durability::Immediate`]) commit.
+///
+/// The head and the marks live in memory, loaded at open and updated only
+/// after a commit returned. The file is opened exclusively: one
+/// `RedbJournal` per file at a time, in one process.
+pub struct RedbJournal {
+    db: Database,
+    node_id: String,
+    key: SigningKey,
+    verifying_key: VerifyingKey,
+    head: ChainHead,
+    /// Seq and hash of the last pruned event (0 and genesis if none).
+    pruned: ChainHead,
+    acked: ChainHead,
+    exported_seq: u64,
+    receipted: ChainHead,
+    sealer: Sealer,
+}
+
+impl fmt::Debug for RedbJournal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the signing key.
+        f.debug_struct("RedbJournal")
+            .field("node_id", &self.node_id)
+            .field("head", &self.head)
+            .field("marks", &self.marks())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedbJournal {
+    /// Creates the journal of `node_id` in the redb file at `path` (created
+    /// if missing), recording the node id and `key`'s public key. Refuses a
+    /// file that already holds a journal.
+    pub fn create(
+        path: impl AsRef<Path>,
+        node_id: &str,
+        key: SigningKey,
+    ) -> Result<Self, JournalError> {
+        let db = Database::create(path)?;
+        let verifying_key = key.verifying_key();
+        let txn = db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META_TABLE)?;
+            let existing = meta
+                .get(META_NODE_ID)?
+                .map(|v| String::from_utf8_lossy(v.value()).into_owned());
+            if let Some(node_id) = existing {
+                return Err(JournalError::AlreadyInitialised { node_id });
+            }
+            meta.insert(META_FORMAT, FORMAT_VERSION.to_be_bytes().as_slice())?;
+            meta.insert(META_NODE_ID, node_id.as_bytes())?;
+            meta.insert(META_PUBLIC_KEY, verifying_key.as_bytes().as_slice())?;
+            txn.open_table(EVENTS_TABLE)?;
+            txn.open_table(CHECKPOINTS_TABLE)?;
+        }
+        txn.commit()?;
+        Ok(RedbJournal {
+            db,
+            node_id: node_id.to_owned(),
+            key,
+            verifying_key,
+            head: ChainHead::default(),
+            pruned: ChainHead::default(),
+            acked: ChainHead::default(),
+            exported_seq: 0,
+            receipted: ChainHead::default(),
+            sealer: Sealer::default(),
+        })
+    }
+
+    /// Opens an existing journal. Refuses a file without a journal
+    /// ([`JournalError::NotInitialised`]) and a key whose public key is not
+    /// the one recorded at create ([`JournalError::KeyMismatch`]). Checks
+    /// that the last held event is covered by the last checkpoint, so a
+    /// journal is never extended from an unsigned head.
+    pub fn open(path: impl AsRef<Path>, key: SigningKey) -> Result<Self, JournalError> {
+        let db = Database::open(path)?;
+        let state = load_state(&db, &key)?;
+        Ok(RedbJournal {
+            db,
+            node_id: state.node_id,
+            verifying_key: key.verifying_key(),
+            key,
+            head: state.head,
+            pruned: state.pruned,
+            acked: state.acked,
+            exported_seq: state.exported_seq,
+            receipted: state.receipted,
+            sealer: Sealer::default(),
+        })
+    }
+
+    /// The public key the journal's checkpoints verify against.
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.verifying_key
+    }
+
+    /// Closes the file, reporting any error redb meets while doing so.
+    pub fn close(self) -> Result<(), JournalError> {
+        self.db.close()?;
+        Ok(())
+    }
+
+    /// The seq and hash of the last pruned event (0 and genesis if none):
+    /// the `prev_hash` the first held event must carry.
+    pub fn pruned_head(&self) -> ChainHead {
+        self.pruned
+    }
+
+    /// The stored hash of the event at `seq`, if it is still known.
+    fn stored_hash(&self, seq: u64) -> Result<Option<Digest>, JournalError> {
+        if seq == self.head.seq {
+            return Ok(Some(self.head.hash));
+        }
+        if seq == self.pruned.seq {
+            return Ok(Some(self.pruned.hash));
+        }
+        if seq < self.pruned.seq {
+            return Ok(None);
+        }
+        let txn = self.db.begin_read()?;
+        let events = txn.open_table(EVENTS_TABLE)?;
+        match events.get(seq)? {
+            Some(bytes) => Ok(Some(decode_event(seq, bytes.value())?.hash)),
+            None => Ok(None),
+        }
+    }
+
+    /// Checks an ack or receipt against the journal; `Ok(true)` when it
+    /// moves the mark currently at `current`.
+    fn check_delivery(&self, seq: u64, hash: Digest, current: u64) -> Result<bool, JournalError> {
+        if seq > self.head.seq {
+            return Err(JournalError::AckBeyondHead {
+                seq,
+                head: self.head.seq,
+            });
+        }
+        match self.stored_hash(seq)? {
+            Some(stored) if stored != hash => Err(JournalError::AckHashMismatch {
+                seq,
+                stored,
+                offered: hash,
+            }),
+            Some(_) => Ok(seq > current),
+            // Inside the pruned prefix: already delivered, nothing to move.
+            None => Ok(false),
+        }
+    }
+
+    /// Durably writes one meta entry.
+    fn write_meta(&self, key: &'static str, value: &[u8]) -> Result<(), JournalError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(META_TABLE)?.insert(key, value)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn decode_checkpoint(&self, seq: u64, row: &[u8]) -> Result<Checkpoint, JournalError> {
+        let (head, signature) = match (
+            row.get(..32).and_then(|h| <[u8; 32]>::try_from(h).ok()),
+            row.get(32..).and_then(|s| <[u8; 64]>::try_from(s).ok()),
+        ) {
+            (Some(h), Some(s)) => (h, s),
+            _ => {
+                return Err(JournalError::CorruptCheckpoint {
+                    seq,
+                    len: row.len(),
+                });
+            }
+        };
+        Ok(Checkpoint {
+            node_id: self.node_id.clone(),
+            seq,
+            head: Digest(head),
+            signature: SignatureBytes(signature),
+        })
+    }
+}
+
+impl Journal for RedbJournal {
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    fn head(&self) -> ChainHead {
+        self.head
+    }
+
+    fn append(
+        &mut self,
+        items: &[(Timestamp, EventPayload)],
+    ) -> Result<AppendOutcome, JournalError> {
+        if items.is_empty() {
+            return Err(JournalError::EmptyAppend);
+        }
+        let events = self.sealer.seal_batch(&self.node_id, self.head, items)?;
+        let head = events
+            .last()
+            .map(|e| ChainHead {
+                seq: e.event.seq,
+                hash: e.hash,
+            })
+            .ok_or(JournalError::EmptyAppend)?;
+        let checkpoint = Checkpoint::sign(&self.key, &self.node_id, head.seq, head.hash);
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(EVENTS_TABLE)?;
+            for e in &events {
+                table.insert(e.event.seq, e.bytes.as_slice())?;
+            }
+            let mut checkpoints = txn.open_table(CHECKPOINTS_TABLE)?;
+            checkpoints.insert(head.seq, checkpoint_row(&checkpoint).as_slice())?;
+        }
+        // Durable (Immediate) commit: only once it returned is the head ours.
+        txn.commit()?;
+        self.head = head;
+        Ok(AppendOutcome { events, checkpoint })
+    }
+
+    fn read_range(&self, from_seq: u64, max: usize) -> Result<Vec<SealedEvent>, JournalError> {
+        if self.pruned.seq > 0 && from_seq <= self.pruned.seq {
+            return Err(JournalError::Pruned {
+                requested: from_seq,
+                first_held: self.pruned.seq + 1,
+            });
+        }
+        if max == 0 || from_seq > self.head.seq {
+            return Ok(Vec::new());
+        }
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(EVENTS_TABLE)?;
+        let wanted = usize::try_from(self.head.seq - from_seq.max(1) + 1).unwrap_or(usize::MAX);
+        let mut out = Vec::with_capacity(max.min(wanted));
+        for row in table.range(from_seq..)?.take(max) {
+            let (seq, bytes) = row?;
+            out.push(decode_event(seq.value(), bytes.value())?);
+        }
+        Ok(out)
+    }
+
+    fn checkpoints(&self, from_seq: u64, to_seq: u64) -> Result<Vec<Checkpoint>, JournalError> {
+        if from_seq > to_seq {
+            return Ok(self.checkpoint_at_or_after(to_seq)?.into_iter().collect());
+        }
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CHECKPOINTS_TABLE)?;
+        let mut out = Vec::new();
+        for row in table.range(from_seq..)? {
+            let (seq, bytes) = row?;
+            let seq = seq.value();
+            out.push(self.decode_checkpoint(seq, bytes.value())?);
+            // Stop at the checkpoint at `to_seq`, or else the first above it.
+            if seq >= to_seq {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn checkpoint_at_or_after(&self, seq: u64) -> Result<Option<Checkpoint>, JournalError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CHECKPOINTS_TABLE)?;
+        let mut rows = table.range(seq..)?;
+        match rows.next() {
+            Some(row) => {
+                let (seq, bytes) = row?;
+                Ok(Some(self.decode_checkpoint(seq.value(), bytes.value())?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn checkpoint_count(&self) -> Result<u64, JournalError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(CHECKPOINTS_TABLE)?.len()?)
+    }
+
+    fn marks(&self) -> Marks {
+        Marks {
+            acked_seq: self.acked.seq,
+            acked_hash: self.acked.hash,
+            exported_seq: self.exported_seq,
+            receipted_seq: self.receipted.seq,
+            receipted_hash: self.receipted.hash,
+            first_held_seq: self.pruned.seq + 1,
+        }
+    }
+
+    fn set_acked(&mut self, seq: u64, hash: Digest) -> Result<(), JournalError> {
+        if self.check_delivery(seq, hash, self.acked.seq)? {
+            let acked = ChainHead { seq, hash };
+            self.write_meta(META_ACKED, &encode_head(acked))?;
+            self.acked = acked;
+        }
+        Ok(())
+    }
+
+    fn set_exported(&mut self, seq: u64) -> Result<(), JournalError> {
+        if seq > self.head.seq {
+            return Err(JournalError::AckBeyondHead {
+                seq,
+                head: self.head.seq,
+            });
+        }
+        if seq > self.exported_seq {
+            self.write_meta(META_EXPORTED, &seq.to_be_bytes())?;
+            self.exported_seq = seq;
+        }
+        Ok(())
+    }
+
+    fn set_receipted(&mut self, seq: u64, hash: Digest) -> Result<(), JournalError> {
+        if self.check_delivery(seq, hash, self.receipted.seq)? {
+            let receipted = ChainHead { seq, hash };
+            self.write_meta(META_RECEIPTED, &encode_head(receipted))?;
+            self.receipted = receipted;
+        }
+        Ok(())
+    }
+
+    fn prune(&mut self, now: Timestamp, retention: Span) -> Result<u64, JournalError> {
+        let limit = self.marks().delivered_seq().min(self.head.seq);
+        if limit <= self.pruned.seq {
+            return Ok(0);
+        }
+        let retention_micros =
+            i64::try_from(retention.as_secs()).map_or(i64::MAX, |s| s.saturating_mul(1_000_000));
+        let cutoff = Timestamp::from_micros(now.as_micros().saturating_sub(retention_micros));
+        let txn = self.db.begin_write()?;
+        let last_pruned = {
+            let mut events = txn.open_table(EVENTS_TABLE)?;
+            let mut last: Option<ChainHead> = None;
+            for row in events.range(self.pruned.seq + 1..=limit)? {
+                let (seq, bytes) = row?;
+                let sealed = decode_event(seq.value(), bytes.value())?;
+                if sealed.event.timestamp >= cutoff {
+                    break;
+                }
+                last = Some(ChainHead {
+                    seq: sealed.event.seq,
+                    hash: sealed.hash,
+                });
+            }
+            match last {
+                Some(last) => {
+                    events.retain_in(..=last.seq, |_, _| false)?;
+                    txn.open_table(CHECKPOINTS_TABLE)?
+                        .retain_in(..=last.seq, |_, _| false)?;
+                    txn.open_table(META_TABLE)?
+                        .insert(META_PRUNED, encode_head(last).as_slice())?;
+                    last
+                }
+                None => return Ok(0),
+            }
+        };
+        txn.commit()?;
+        let count = last_pruned.seq - self.pruned.seq;
+        self.pruned = last_pruned;
+        Ok(count)
+    }
+
+    fn verify(&self) -> Result<VerifyReport, JournalError> {
+        let txn = self.db.begin_read()?;
+        let events = txn.open_table(EVENTS_TABLE)?;
+        let checkpoints = txn.open_table(CHECKPOINTS_TABLE)?;
+        let mut rows = events.range(0..)?;
+        let mut stored = self.pruned;
+        let mut segment: Vec<SealedEvent> = Vec::new();
+        let mut report = VerifyReport {
+            node_id: self.node_id.clone(),
+            first_held_seq: self.pruned.seq + 1,
+            head: self.head,
+            events: 0,
+            checkpoints: 0,
+        };
+        for row in checkpoints.range(0..)? {
+            let (seq, bytes) = row?;
+            let checkpoint = self.decode_checkpoint(seq.value(), bytes.value())?;
+            segment.clear();
+            let mut next = stored.seq + 1;
+            while next <= checkpoint.seq {
+                let Some(row) = rows.next() else { break };
+                let (key, bytes) = row?;
+                let key = key.value();
+                if key != next {
+                    return Err(JournalError::Verify {
+                        seq: checkpoint.seq,
+                        source: VerifyError::Gap {
+                            expected: next,
+                            got: key,
+                        },
+                    });
+                }
+                segment.push(decode_event(key, bytes.value())?);
+                next += 1;
+            }
+            let verified = verify_batch(
+                &self.node_id,
+                &self.verifying_key,
+                stored,
+                &segment,
+                &checkpoint,
+                &|_| None,
+            )
+            .map_err(|source| JournalError::Verify {
+                seq: checkpoint.seq,
+                source,
+            })?;
+            stored = verified.head;
+            report.events += segment.len() as u64;
+            report.checkpoints += 1;
+        }
+        if let Some(row) = rows.next() {
+            let (seq, _) = row?;
+            return Err(JournalError::Uncovered {
+                from_seq: seq.value(),
+                head_seq: self.head.seq,
+            });
+        }
+        if stored != self.head {
+            return Err(JournalError::Verify {
+                seq: self.head.seq,
+                source: VerifyError::CheckpointMismatch {
+                    checkpoint_seq: stored.seq,
+                    checkpoint_head: stored.hash,
+                    batch_seq: self.head.seq,
+                    batch_head: self.head.hash,
+                },
+            });
+        }
+        Ok(report)
+    }
+}
+
+/// Everything [`RedbJournal::open`] reads from the file.
+struct LoadedState {
+    node_id: String,
+    head: ChainHead,
+    pruned: ChainHead,
+    acked: ChainHead,
+    exported_seq: u64,
+    receipted: ChainHead,
+}
+
+fn load_state(db: &Database, key: &SigningKey) -> Result<LoadedState, JournalError> {
+    let txn = db.begin_read()?;
+    let meta = match txn.open_table(META_TABLE) {
+        Ok(meta) => meta,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Err(JournalError::NotInitialised),
+        Err(e) => return Err(e.into()),
+    };
+    let meta_bytes = |name: &'static str| -> Result<Option<Vec<u8>>, JournalError> {
+        Ok(meta.get(name)?.map(|v| v.value().to_vec()))
+    };
+    let node_id = meta_bytes(META_NODE_ID)?.ok_or(JournalError::NotInitialised)?;
+    let node_id = String::from_utf8(node_id).map_err(|e| JournalError::CorruptMeta {
+        key: META_NODE_ID,
+        reason: e.to_string(),
+    })?;
+    let format = meta_bytes(META_FORMAT)?
+        .and_then(|b| <[u8; 4]>::try_from(b.as_slice()).ok())
+        .map(u32::from_be_bytes)
+        .ok_or_else(|| JournalError::CorruptMeta {
+            key: META_FORMAT,
+            reason: "missing or not 4 bytes".to_owned(),
+        })?;
+    if format != FORMAT_VERSION {
+        return Err(JournalError::UnsupportedFormat {
+            found: format,
+            expected: FORMAT_VERSION,
+        });
+    }
+    let public_key = meta_bytes(META_PUBLIC_KEY)?.ok_or_else(|| JournalError::CorruptMeta {
+        key: META_PUBLIC_KEY,
+        reason: "missing".to_owned(),
+    })?;
+    if public_key.as_slice() != key.verifying_key().as_bytes().as_slice() {
+        return Err(JournalError::KeyMismatch);
+    }
+    let head_mark = |name: &'static str| -> Result<ChainHead, JournalError> {
+        match meta_bytes(name)? {
+            Some(bytes) => decode_head(name, &bytes),
+            None => Ok(ChainHead::default()),
+        }
+    };
+    let pruned = head_mark(META_PRUNED)?;
+    let acked = head_mark(META_ACKED)?;
+    let receipted = head_mark(META_RECEIPTED)?;
+    let exported_seq = match meta_bytes(META_EXPORTED)? {
+        Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| JournalError::CorruptMeta {
+                key: META_EXPORTED,
+                reason: format!("{} bytes, expected 8", bytes.len()),
+            })?,
+        None => 0,
+    };
+
+    let events = txn.open_table(EVENTS_TABLE)?;
+    let head = match events.last()? {
+        Some((seq, bytes)) => {
+            let sealed = decode_event(seq.value(), bytes.value())?;
+            ChainHead {
+                seq: sealed.event.seq,
+                hash: sealed.hash,
+            }
+        }
+        None => pruned,
+    };
+    if head.seq > pruned.seq {
+        // The head must be the one the last checkpoint signed.
+        let checkpoints = txn.open_table(CHECKPOINTS_TABLE)?;
+        let last = checkpoints
+            .last()?
+            .map(|(seq, row)| (seq.value(), row.value().get(..32).map(<[u8]>::to_vec)));
+        match last {
+            Some((seq, Some(hash))) if seq == head.seq && hash == head.hash.0 => {}
+            Some((seq, hash)) if seq >= head.seq => {
+                return Err(JournalError::Verify {
+                    seq: head.seq,
+                    source: VerifyError::CheckpointMismatch {
+                        checkpoint_seq: seq,
+                        checkpoint_head: hash
+                            .and_then(|h| <[u8; 32]>::try_from(h.as_slice()).ok())
+                            .map(Digest)
+                            .unwrap_or_default(),
+                        batch_seq: head.seq,
+                        batch_head: head.hash,
+                    },
+                });
+            }
+            other => {
+                return Err(JournalError::Uncovered {
+                    from_seq: other.map_or(pruned.seq, |(seq, _)| seq) + 1,
+                    head_seq: head.seq,
+                });
+            }
+        }
+    }
+    Ok(LoadedState {
+        node_id,
+        head,
+        pruned,
+        acked,
+        exported_seq,
+        receipted,
+    })
+}
+
+/// Decodes a stored event, checking it sits under its own seq.
+fn decode_event(seq: u64, bytes: &[u8]) -> Result<SealedEvent, JournalError> {
+    let sealed = SealedEvent::from_bytes(bytes.to_vec())
+        .map_err(|source| JournalError::Decode { seq, source })?;
+    if sealed.event.seq != seq {
+        return Err(JournalError::Verify {
+            seq,
+            source: VerifyError::Gap {
+                expected: seq,
+                got: sealed.event.seq,
+            },
+        });
+    }
+    Ok(sealed)
+}
+
+fn checkpoint_row(checkpoint: &Checkpoint) -> [u8; CHECKPOINT_ROW_LEN] {
+    let mut row = [0u8; CHECKPOINT_ROW_LEN];
+    row[..32].copy_from_slice(&checkpoint.head.0);
+    row[32..].copy_from_slice(&checkpoint.signature.0);
+    row
+}
+
+fn encode_head(head: ChainHead) -> [u8; 40] {
+    let mut out = [0u8; 40];
+    out[..8].copy_from_slice(&head.seq.to_be_bytes());
+    out[8..].copy_from_slice(&head.hash.0);
+    out
+}
+
+fn decode_head(key: &'static str, bytes: &[u8]) -> Result<ChainHead, JournalError> {
+    match (
+        bytes.get(..8).and_then(|s| <[u8; 8]>::try_from(s).ok()),
+        bytes.get(8..).and_then(|h| <[u8; 32]>::try_from(h).ok()),
+    ) {
+        (Some(seq), Some(hash)) => Ok(ChainHead {
+            seq: u64::from_be_bytes(seq),
+            hash: Digest(hash),
+        }),
+        _ => Err(JournalError::CorruptMeta {
+            key,
+            reason: format!("{} bytes, expected 40", bytes.len()),
+        }),
+    }
+}

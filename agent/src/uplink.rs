@@ -1,0 +1,432 @@
+//! The uplink: connects to the aggregator over mutually authenticated QUIC,
+//! drives an [`AgentSession`], replays the backlog and streams live events;
+//! reconnects with bounded, jittered backoff; and records every connectivity
+//! transition in the journal.
+
+use crate::config::Config;
+use crate::handle::{JournalHandle, OutgoingBatch};
+use anyhow::{Context, Result, anyhow, bail};
+use rand::Rng;
+use std::time::Duration;
+use sx_common::chain::ChainHead;
+use sx_common::codec::DecodeError;
+use sx_common::connectivity::{Link, Observation, Thresholds, next_state};
+use sx_common::event::{
+    ConnectionEstablished, EventPayload, Note, ReplayCompleted, ReplayStarted, SyncCompleted,
+    SyncPath,
+};
+use sx_common::model::ConnectivityState;
+use sx_common::protocol::{AgentConfig, AgentEvent, AgentSession, SessionEnd};
+use sx_common::time::Timestamp;
+use sx_common::wire::{self, AggregatorMessage, FRAME_HEADER_BYTES, MAX_FRAME_BYTES};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// The connectivity state machine's driver: current state, thresholds, and
+/// the last time the aggregator was heard from. Records each transition.
+#[derive(Debug)]
+pub struct Connectivity {
+    state: ConnectivityState,
+    thresholds: Thresholds,
+    last_contact: Timestamp,
+    replay_from: Option<u64>,
+    journal: JournalHandle,
+    state_tx: watch::Sender<ConnectivityState>,
+}
+
+impl Connectivity {
+    /// Starts from the last state the journal recorded (or disconnected).
+    pub async fn resume(journal: JournalHandle, thresholds: Thresholds) -> Result<Self> {
+        let (state, last_contact) = last_recorded(&journal).await?;
+        let (state_tx, _) = watch::channel(state);
+        Ok(Connectivity {
+            state,
+            thresholds,
+            last_contact,
+            replay_from: None,
+            journal,
+            state_tx,
+        })
+    }
+
+    pub fn state(&self) -> ConnectivityState {
+        self.state
+    }
+
+    pub fn watch(&self) -> watch::Receiver<ConnectivityState> {
+        self.state_tx.subscribe()
+    }
+
+    fn contact(&mut self) {
+        self.last_contact = Timestamp::now();
+    }
+
+    /// Feeds an observation; records the transition it calls for, if any.
+    async fn observe(&mut self, link: Link, rtt_ms: Option<u32>, backlog: u64) -> Result<()> {
+        let now = Timestamp::now();
+        let obs = Observation {
+            link,
+            rtt_ms,
+            since_contact: now.since(self.last_contact),
+            backlog,
+        };
+        let Some(t) = next_state(self.state, &obs, &self.thresholds) else {
+            return Ok(());
+        };
+        let (from, to) = (t.from, t.to);
+        let mut items = vec![(now, EventPayload::ConnectivityTransition(t))];
+        if to == ConnectivityState::Replaying {
+            self.replay_from = Some(backlog);
+            items.push((now, EventPayload::ReplayStarted(ReplayStarted { backlog })));
+        }
+        if from == ConnectivityState::Replaying {
+            let replayed = self.replay_from.take().unwrap_or(0);
+            items.push((
+                now,
+                EventPayload::ReplayCompleted(ReplayCompleted { replayed }),
+            ));
+        }
+        self.journal.append(items).await?;
+        tracing::info!(from = %from, to = %to, "connectivity");
+        self.state = to;
+        self.state_tx.send_replace(to);
+        Ok(())
+    }
+}
+
+/// The last connectivity state the journal recorded and the last moment
+/// the aggregator was known reachable, scanning back from the head. A node
+/// never in contact counts from its oldest held event; one with no recorded
+/// state starts `disconnected`.
+async fn last_recorded(journal: &JournalHandle) -> Result<(ConnectivityState, Timestamp)> {
+    const CHUNK: u64 = 4_096;
+    let first_held = journal.marks().await.first_held_seq.max(1);
+    let mut end = journal.head().seq;
+    let mut state = None;
+    let mut contact = None;
+    let mut oldest = None;
+    while end >= first_held && (state.is_none() || contact.is_none()) {
+        let from = end.saturating_sub(CHUNK - 1).max(first_held);
+        let chunk = journal.read(from, (end - from + 1) as usize).await?;
+        for e in chunk.iter().rev() {
+            if state.is_none()
+                && let EventPayload::ConnectivityTransition(t) = &e.event.payload
+            {
+                state = Some(t.to);
+            }
+            if contact.is_none() && is_contact(&e.event.payload) {
+                contact = Some(e.event.timestamp);
+            }
+        }
+        oldest = chunk.first().map(|e| e.event.timestamp).or(oldest);
+        if from == first_held {
+            break;
+        }
+        end = from - 1;
+    }
+    Ok((
+        state.unwrap_or(ConnectivityState::Disconnected),
+        contact.or(oldest).unwrap_or_else(Timestamp::now),
+    ))
+}
+
+/// Whether an event shows the aggregator was reachable when it was recorded.
+fn is_contact(payload: &EventPayload) -> bool {
+    match payload {
+        EventPayload::ConnectionEstablished(_) | EventPayload::SyncCompleted(_) => true,
+        EventPayload::ConnectivityTransition(t) => matches!(
+            t.to,
+            ConnectivityState::Live | ConnectivityState::Delayed | ConnectivityState::Replaying
+        ),
+        _ => false,
+    }
+}
+
+/// Runs the uplink until `shutdown` fires.
+pub async fn run(
+    config: &Config,
+    journal: JournalHandle,
+    mut connectivity: Connectivity,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let dir = crate::journal::DataDir::new(&config.agent.data_dir);
+    let client = crate::tls::quic_client_config(
+        &dir.cert_path(),
+        &dir.key_path(),
+        &dir.ca_path(),
+        config.uplink.idle_timeout,
+    )?;
+    let bind: std::net::SocketAddr = if config.agent.aggregator.is_ipv6() {
+        "[::]:0".parse()?
+    } else {
+        "0.0.0.0:0".parse()?
+    };
+    let mut endpoint = quinn::Endpoint::client(bind).context("binding the QUIC client")?;
+    endpoint.set_default_client_config(client);
+    let mut failures: u32 = 0;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let backlog = journal
+            .head()
+            .seq
+            .saturating_sub(journal.marks().await.delivered_seq());
+        connectivity.observe(Link::Down, None, backlog).await?;
+        match connect(&endpoint, config).await {
+            Ok(conn) => {
+                connectivity.contact();
+                let backlog = journal
+                    .head()
+                    .seq
+                    .saturating_sub(journal.marks().await.delivered_seq());
+                connectivity
+                    .observe(Link::Connecting, None, backlog)
+                    .await?;
+                let outcome =
+                    drive(&conn, config, &journal, &mut connectivity, &mut shutdown).await;
+                conn.close(quinn::VarInt::from_u32(0), b"agent closing");
+                match outcome {
+                    Ok(end) => {
+                        tracing::info!("session ended: {end}");
+                        if matches!(end, SessionEnd::Refused { .. }) {
+                            failures = failures.saturating_add(1);
+                        } else {
+                            failures = 0;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("session failed: {e:#}");
+                        failures = failures.saturating_add(1);
+                    }
+                }
+                if !*shutdown.borrow() && connectivity.state() != ConnectivityState::EdgeCached {
+                    let reason = Some(String::from("session_ended"));
+                    journal
+                        .record(EventPayload::ConnectionLost(Note { reason }))
+                        .await?;
+                }
+            }
+            Err(e) => {
+                tracing::debug!("connect failed: {e:#}");
+                failures = failures.saturating_add(1);
+            }
+        }
+        let delay = backoff(config, failures);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    endpoint.close(quinn::VarInt::from_u32(0), b"agent stopping");
+    endpoint.wait_idle().await;
+    Ok(())
+}
+
+/// Exponential backoff from `backoff_initial`, capped at `backoff_max`,
+/// with ±50% jitter; zero failures (a session that ended normally) gives
+/// the initial delay.
+fn backoff(config: &Config, failures: u32) -> Duration {
+    let base = config.uplink.backoff_initial;
+    let exp = base.saturating_mul(1u32 << failures.min(16));
+    let capped = exp.min(config.uplink.backoff_max);
+    let jitter = rand::thread_rng().gen_range(0.5..1.0);
+    capped.mul_f64(jitter)
+}
+
+async fn connect(endpoint: &quinn::Endpoint, config: &Config) -> Result<quinn::Connection> {
+    let connecting = endpoint
+        .connect(config.agent.aggregator, &config.agent.server_name)
+        .context("starting the QUIC connection")?;
+    tokio::time::timeout(config.uplink.connect_timeout, connecting)
+        .await
+        .map_err(|_| anyhow!("connect timed out"))?
+        .context("QUIC/TLS handshake")
+}
+
+async fn read_frames(
+    mut recv: quinn::RecvStream,
+    tx: mpsc::Sender<Result<AggregatorMessage, DecodeError>>,
+) {
+    loop {
+        let mut header = [0u8; FRAME_HEADER_BYTES];
+        if recv.read_exact(&mut header).await.is_err() {
+            return;
+        }
+        let len = match wire::parse_header(header, MAX_FRAME_BYTES) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        let mut body = vec![0u8; len];
+        if recv.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let msg = wire::decode_body::<AggregatorMessage>(&body);
+        let failed = msg.is_err();
+        if tx.send(msg).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+fn protocol_config(config: &Config) -> AgentConfig {
+    let us = |d: Duration| d.as_micros().min(i64::MAX as u128) as i64;
+    AgentConfig {
+        agent_version: format!("sx-agent {}", env!("CARGO_PKG_VERSION")),
+        batch_max_events: config.uplink.batch_max_events.max(1),
+        window_events: config.uplink.window_events.max(1),
+        heartbeat_interval_us: us(config.uplink.heartbeat_interval),
+        ack_timeout_us: us(config.uplink.ack_timeout),
+        idle_timeout_us: us(config.uplink.idle_timeout),
+    }
+}
+
+/// Drives one session over `conn` until it ends.
+async fn drive(
+    conn: &quinn::Connection,
+    config: &Config,
+    journal: &JournalHandle,
+    connectivity: &mut Connectivity,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<SessionEnd> {
+    let (mut send, recv) = conn.open_bi().await.context("opening the sync stream")?;
+    let mut session = AgentSession::new(
+        protocol_config(config),
+        journal.node_id(),
+        journal.head(),
+        Timestamp::now(),
+    );
+    let (tx, mut rx) = mpsc::channel(64);
+    let reader = tokio::spawn(read_frames(recv, tx));
+    let mut heads = journal.watch_head();
+    let mut reading: Option<
+        oneshot::Receiver<Result<OutgoingBatch, crate::journal::JournalError>>,
+    > = None;
+    let mut out = Vec::new();
+    let mut draining: Option<tokio::time::Instant> = None;
+    let result = loop {
+        while let Some(ev) = session.poll_event() {
+            match ev {
+                AgentEvent::NeedBatch { .. } if draining.is_some() => {
+                    session.batch_unavailable();
+                }
+                AgentEvent::NeedBatch { from, max } => {
+                    let (done, wait) = oneshot::channel();
+                    let j = journal.clone();
+                    tokio::spawn(async move {
+                        let _ = done.send(j.read_batch(from, max).await);
+                    });
+                    reading = Some(wait);
+                }
+                AgentEvent::Resumed { durable, desired } => {
+                    match journal.hash_at(durable.seq).await? {
+                        Some(h) if h != durable.hash => {
+                            bail!(
+                                "fork: the aggregator holds seq {} with hash {} but the journal has {}",
+                                durable.seq,
+                                durable.hash,
+                                h
+                            );
+                        }
+                        _ => {}
+                    }
+                    connectivity.contact();
+                    journal.set_acked(durable).await?;
+                    journal
+                        .record(EventPayload::ConnectionEstablished(ConnectionEstablished {
+                            aggregator: config.agent.server_name.clone(),
+                            latency_ms: session.rtt_ms(),
+                        }))
+                        .await?;
+                    if let Some(d) = desired {
+                        journal.record(EventPayload::DesiredStateLearned(d)).await?;
+                    }
+                    let backlog = journal.head().seq.saturating_sub(durable.seq);
+                    connectivity
+                        .observe(Link::Up, session.rtt_ms(), backlog)
+                        .await?;
+                }
+                AgentEvent::Acked { head } => {
+                    connectivity.contact();
+                    journal.set_acked(head).await?;
+                    let backlog = journal.head().seq.saturating_sub(head.seq);
+                    let was = connectivity.state();
+                    connectivity
+                        .observe(Link::Up, session.rtt_ms(), backlog)
+                        .await?;
+                    if was == ConnectivityState::Replaying
+                        && connectivity.state() != ConnectivityState::Replaying
+                    {
+                        journal
+                            .record(EventPayload::SyncCompleted(SyncCompleted {
+                                acked_seq: head.seq,
+                                via: SyncPath::Quic,
+                            }))
+                            .await?;
+                    }
+                }
+                AgentEvent::Rtt { rtt_ms } => {
+                    connectivity.contact();
+                    let backlog = session.backlog();
+                    connectivity
+                        .observe(Link::Up, Some(rtt_ms), backlog)
+                        .await?;
+                }
+                AgentEvent::Closed(end) => {
+                    reader.abort();
+                    return Ok(end);
+                }
+            }
+        }
+        out.clear();
+        while let Some(msg) = session.poll_transmit() {
+            wire::encode_frame(&msg, &mut out);
+        }
+        if !out.is_empty() {
+            send.write_all(&out).await.context("sending")?;
+        }
+        if let Some(deadline) = draining {
+            // Shutting down: wait for the acks of what is in flight (so the
+            // journal's marks are current), but no longer than a moment.
+            if session.in_flight() == 0 || tokio::time::Instant::now() >= deadline {
+                break Ok(SessionEnd::Shutdown);
+            }
+        }
+        let wait = session
+            .poll_timeout()
+            .map(|t| (t.0 - Timestamp::now().0).max(0) as u64)
+            .unwrap_or(1_000_000);
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(Ok(m)) => session.handle_message(m, Timestamp::now()),
+                Some(Err(e)) => break Err(anyhow!("undecodable frame from the aggregator: {e}")),
+                None => break Err(anyhow!("the aggregator closed the stream")),
+            },
+            batch = async { reading.as_mut().expect("guarded").await }, if reading.is_some() => {
+                reading = None;
+                match batch {
+                    Ok(Ok(b)) => session.send_batch(b.from, b.events, b.checkpoint, Timestamp::now()),
+                    Ok(Err(e)) => break Err(anyhow!("reading the journal: {e}")),
+                    Err(_) => session.batch_unavailable(),
+                }
+            }
+            changed = heads.changed() => {
+                if changed.is_ok() {
+                    let head: ChainHead = *heads.borrow_and_update();
+                    session.local_append(head);
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_micros(wait)) => {
+                session.handle_timeout(Timestamp::now());
+            }
+            _ = shutdown.changed(), if draining.is_none() => {
+                draining = Some(tokio::time::Instant::now() + Duration::from_secs(2));
+            }
+            _ = tokio::time::sleep_until(draining.unwrap_or_else(tokio::time::Instant::now)), if draining.is_some() => {}
+        }
+    };
+    reader.abort();
+    result
+}

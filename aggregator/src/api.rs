@@ -1,0 +1,148 @@
+//! The HTTP JSON API (loopback by default). This module holds the routes
+//! the sync service needs; operators' routes build on the same state.
+
+use crate::server::Shared;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use sx_common::time::Timestamp;
+
+/// Serves the API on `listener` until the task is aborted.
+pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    if let Err(e) = axum::serve(listener, router(shared)).await {
+        tracing::error!("API server stopped: {e}");
+    }
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/nodes/{node}/events", get(node_events))
+        .route("/api/v1/refusals", get(refusals))
+        .route("/api/v1/forks", get(forks))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .with_state(shared)
+}
+
+/// A JSON error body with a status code.
+#[derive(Debug, Serialize)]
+pub struct ApiError {
+    #[serde(skip)]
+    status: StatusCode,
+    error: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, error: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            error: error.into(),
+        }
+    }
+
+    fn internal(e: impl std::fmt::Display) -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self)).into_response()
+    }
+}
+
+/// The aggregator's own status and every node's sync state.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub aggregator: String,
+    pub region: String,
+    pub started_at: Timestamp,
+    pub now: Timestamp,
+    pub events_stored: u64,
+    pub commits: u64,
+    pub duplicates: u64,
+    pub rejected_batches: u64,
+    pub refusals: std::collections::BTreeMap<String, u64>,
+    pub forks: usize,
+    pub nodes: Vec<serde_json::Value>,
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> Result<Json<Status>, ApiError> {
+    let records = shared.store.nodes().map_err(ApiError::internal)?;
+    let now = Timestamp::now();
+    let nodes = shared
+        .sync
+        .snapshot(&records, now)
+        .into_iter()
+        .map(|n| serde_json::to_value(n).unwrap_or_default())
+        .collect();
+    let stats = &shared.ingest.stats;
+    Ok(Json(Status {
+        aggregator: shared.config.aggregator.name.clone(),
+        region: shared.config.aggregator.region.clone(),
+        started_at: shared.started_at,
+        now,
+        events_stored: shared.store.event_count().map_err(ApiError::internal)?,
+        commits: stats.commits.load(Ordering::Relaxed),
+        duplicates: stats.duplicates.load(Ordering::Relaxed),
+        rejected_batches: stats.rejected.load(Ordering::Relaxed),
+        refusals: shared.refusals.counts(),
+        forks: shared.store.forks().map_err(ApiError::internal)?.len(),
+        nodes,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    from: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn node_events(
+    State(shared): State<Arc<Shared>>,
+    Path(node): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    if shared
+        .store
+        .node(&node)
+        .map_err(ApiError::internal)?
+        .is_none()
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("unknown node {node:?}"),
+        ));
+    }
+    let limit = q.limit.unwrap_or(1_000).min(10_000);
+    let events = shared
+        .store
+        .read(&node, q.from.unwrap_or(1), limit)
+        .map_err(ApiError::internal)?;
+    Ok(Json(
+        events
+            .iter()
+            .map(|e| {
+                let mut j = e.event.to_json();
+                j["hash"] = serde_json::json!(e.hash);
+                j
+            })
+            .collect(),
+    ))
+}
+
+async fn refusals(State(shared): State<Arc<Shared>>) -> Json<Vec<crate::server::Refusal>> {
+    Json(shared.refusals.recent())
+}
+
+async fn forks(
+    State(shared): State<Arc<Shared>>,
+) -> Result<Json<Vec<crate::store::ForkEvidence>>, ApiError> {
+    Ok(Json(shared.store.forks().map_err(ApiError::internal)?))
+}

@@ -1,0 +1,124 @@
+//! `sx-aggregator`: parses flags and calls into the library.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use sx_aggregator::config::Config;
+
+/// The Souverix regional aggregator: verified ingest of node twin events over
+/// mutually authenticated QUIC, fleet projections and the operator API.
+#[derive(Debug, Parser)]
+#[command(name = "sx-aggregator", version)]
+struct Cli {
+    /// TOML configuration file (defaults documented in the README).
+    #[arg(long, global = true, env = "SX_AGGREGATOR_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the aggregator: QUIC ingest and the HTTP API.
+    Serve {
+        /// Data directory (redb files).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// QUIC listen address.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// HTTP API listen address.
+        #[arg(long)]
+        api_listen: Option<SocketAddr>,
+        /// PKI directory in the sx-certs layout.
+        #[arg(long)]
+        pki_dir: Option<PathBuf>,
+        /// Aggregator name (its certificate under pki/aggregators/NAME).
+        #[arg(long)]
+        name: Option<String>,
+        /// Region this aggregator serves.
+        #[arg(long)]
+        region: Option<String>,
+    },
+    /// Show every node's sync state (acked seq, last sync, backlog, RTT,
+    /// connection) from a running aggregator's API.
+    Status {
+        /// API address of the running aggregator.
+        #[arg(long, default_value = "127.0.0.1:7180")]
+        api: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let mut config = match &cli.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    match cli.command {
+        Command::Serve {
+            data_dir,
+            listen,
+            api_listen,
+            pki_dir,
+            name,
+            region,
+        } => {
+            if let Some(v) = data_dir {
+                config.aggregator.data_dir = v;
+            }
+            if let Some(v) = listen {
+                config.aggregator.listen = v;
+            }
+            if let Some(v) = api_listen {
+                config.aggregator.api_listen = v;
+            }
+            if let Some(v) = pki_dir {
+                config.tls.pki_dir = Some(v);
+            }
+            if let Some(v) = name {
+                config.aggregator.name = v;
+            }
+            if let Some(v) = region {
+                config.aggregator.region = v;
+            }
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let (ready, bound) = tokio::sync::oneshot::channel();
+                let server = sx_aggregator::server::run(config, shutdown_signal(), Some(ready));
+                let announce = async {
+                    // One JSON line on stdout with the bound addresses, for
+                    // supervisors and tests that asked for port 0.
+                    if let Ok(b) = bound.await {
+                        println!("{{\"quic\":\"{}\",\"api\":\"{}\"}}", b.quic, b.api);
+                    }
+                };
+                let (result, ()) = tokio::join!(server, announce);
+                result
+            })
+        }
+        Command::Status { api, json } => sx_aggregator::cli::status(&api, json),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}

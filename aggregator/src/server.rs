@@ -1,0 +1,422 @@
+//! The aggregator process: QUIC ingest, the single writer, and the HTTP API.
+//!
+//! Each QUIC connection carries one bidirectional stream of frames. A reader
+//! task turns bytes into messages; the connection task drives an
+//! [`AggregatorSession`] and pipelines batches to the writer, answering each
+//! with an ack once its commit is durable.
+
+use crate::config::Config;
+use crate::ingest::{GroupCommit, Ingest, Verdict};
+use crate::store::{EventStore, RedbStore, Submission};
+use crate::sync::SyncTable;
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use sx_common::event::SyncPath;
+use sx_common::protocol::{AggregatorConfig, AggregatorEvent, AggregatorSession, Rejection};
+use sx_common::time::Timestamp;
+use sx_common::wire::{self, AgentMessage, FRAME_HEADER_BYTES, MAX_FRAME_BYTES};
+use tokio::sync::{mpsc, oneshot};
+
+/// Why a connection or session was refused; kept for operators and metrics.
+#[derive(Clone, Debug, Serialize)]
+pub struct Refusal {
+    pub at: Timestamp,
+    pub peer: String,
+    pub node_id: Option<String>,
+    pub reason: String,
+    pub detail: String,
+}
+
+/// Recent refusals (bounded) and counts by reason.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    inner: Mutex<(VecDeque<Refusal>, std::collections::BTreeMap<String, u64>)>,
+}
+
+impl Refusals {
+    const KEEP: usize = 1_000;
+
+    pub fn record(&self, refusal: Refusal) {
+        tracing::warn!(
+            peer = %refusal.peer,
+            node = refusal.node_id.as_deref().unwrap_or("-"),
+            reason = %refusal.reason,
+            "refused: {}",
+            refusal.detail
+        );
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        *g.1.entry(refusal.reason.clone()).or_default() += 1;
+        g.0.push_back(refusal);
+        if g.0.len() > Self::KEEP {
+            g.0.pop_front();
+        }
+    }
+
+    pub fn recent(&self) -> Vec<Refusal> {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.iter().cloned().collect()
+    }
+
+    pub fn counts(&self) -> std::collections::BTreeMap<String, u64> {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.1.clone()
+    }
+}
+
+/// Everything the running aggregator shares between tasks.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub store: Arc<dyn EventStore>,
+    pub ingest: Ingest,
+    pub sync: SyncTable,
+    pub refusals: Refusals,
+    pub started_at: Timestamp,
+}
+
+impl std::fmt::Debug for dyn EventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventStore")
+    }
+}
+
+/// Addresses the aggregator actually bound (ports may have been 0).
+#[derive(Clone, Copy, Debug)]
+pub struct Bound {
+    pub quic: SocketAddr,
+    pub api: SocketAddr,
+}
+
+/// Runs the aggregator until `shutdown` completes. `ready` (if given) gets
+/// the bound addresses once both listeners are up.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    ready: Option<oneshot::Sender<Bound>>,
+) -> Result<()> {
+    std::fs::create_dir_all(&config.aggregator.data_dir)
+        .with_context(|| format!("creating {}", config.aggregator.data_dir.display()))?;
+    let store: Arc<dyn EventStore> =
+        Arc::new(RedbStore::open(config.store_path()).context("opening the event store")?);
+    let ingest = Ingest::start(
+        store.clone(),
+        GroupCommit {
+            max_events: config.ingest.group_commit_max_events,
+            ..GroupCommit::default()
+        },
+    );
+    let files = config.tls_files();
+    let idle = std::time::Duration::from_secs(config.ingest.idle_timeout.as_secs().max(1));
+    let server_config = crate::tls::quic_server_config(
+        &crate::tls::TlsPaths {
+            cert_chain: &files.cert_chain,
+            key: &files.key,
+            ca: &files.ca,
+            crl: Some(&files.crl),
+        },
+        idle,
+    )?;
+    let endpoint = quinn::Endpoint::server(server_config, config.aggregator.listen)
+        .with_context(|| format!("binding QUIC on {}", config.aggregator.listen))?;
+    let quic_addr = endpoint.local_addr()?;
+    let api_listener = tokio::net::TcpListener::bind(config.aggregator.api_listen)
+        .await
+        .with_context(|| format!("binding the API on {}", config.aggregator.api_listen))?;
+    let api_addr = api_listener.local_addr()?;
+    let shared = Arc::new(Shared {
+        config,
+        store,
+        ingest,
+        sync: SyncTable::default(),
+        refusals: Refusals::default(),
+        started_at: Timestamp::now(),
+    });
+    tracing::info!(%quic_addr, %api_addr, "aggregator listening");
+    if let Some(ready) = ready {
+        let _ = ready.send(Bound {
+            quic: quic_addr,
+            api: api_addr,
+        });
+    }
+    let crl_watch = tokio::spawn(watch_crl(endpoint.clone(), shared.clone(), files, idle));
+    let api = tokio::spawn(crate::api::serve(api_listener, shared.clone()));
+    let accept = accept_loop(endpoint.clone(), shared.clone());
+    tokio::select! {
+        _ = accept => {},
+        _ = shutdown => {},
+    }
+    endpoint.close(quinn::VarInt::from_u32(0), b"aggregator shutting down");
+    api.abort();
+    crl_watch.abort();
+    endpoint.wait_idle().await;
+    Ok(())
+}
+
+/// Rebuilds the TLS configuration when the CRL file changes, so a
+/// revocation takes effect for new connections without a restart.
+async fn watch_crl(
+    endpoint: quinn::Endpoint,
+    _shared: Arc<Shared>,
+    files: crate::config::TlsFiles,
+    idle: std::time::Duration,
+) {
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut last = modified(&files.crl);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let now = modified(&files.crl);
+        if now != last {
+            last = now;
+            let paths = crate::tls::TlsPaths {
+                cert_chain: &files.cert_chain,
+                key: &files.key,
+                ca: &files.ca,
+                crl: Some(&files.crl),
+            };
+            match crate::tls::quic_server_config(&paths, idle) {
+                Ok(cfg) => {
+                    endpoint.set_server_config(Some(cfg));
+                    tracing::info!("CRL changed: TLS configuration reloaded");
+                }
+                Err(e) => tracing::error!("CRL changed but could not be loaded: {e:#}"),
+            }
+        }
+    }
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let peer = incoming.remote_address().to_string();
+            match incoming.await {
+                Ok(conn) => handle_connection(conn, shared).await,
+                Err(e) => shared.refusals.record(Refusal {
+                    at: Timestamp::now(),
+                    peer,
+                    node_id: None,
+                    reason: "tls-handshake".into(),
+                    detail: e.to_string(),
+                }),
+            }
+        });
+    }
+}
+
+/// The verified identity of a connection's client certificate.
+struct PeerIdentity {
+    node_id: String,
+    key: ed25519_dalek::VerifyingKey,
+    fingerprint: String,
+}
+
+fn peer_identity(conn: &quinn::Connection) -> Result<PeerIdentity, String> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|any| {
+            any.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .ok_or("no client certificate")?;
+    let leaf = certs.first().ok_or("empty client certificate chain")?;
+    let info = sx_certs::inspect_der(leaf).map_err(|e| format!("unreadable certificate: {e}"))?;
+    let node_id = info
+        .node_id
+        .clone()
+        .ok_or("certificate names no node (no urn:souverix:node: SAN)")?;
+    let key_bytes: [u8; 32] = info
+        .public_key
+        .as_slice()
+        .try_into()
+        .map_err(|_| "certificate key is not Ed25519".to_string())?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&key_bytes)
+        .map_err(|e| format!("certificate key unusable: {e}"))?;
+    Ok(PeerIdentity {
+        node_id,
+        key,
+        fingerprint: info.fingerprint,
+    })
+}
+
+async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
+    let peer = conn.remote_address().to_string();
+    let identity = match peer_identity(&conn) {
+        Ok(id) => id,
+        Err(detail) => {
+            shared.refusals.record(Refusal {
+                at: Timestamp::now(),
+                peer,
+                node_id: None,
+                reason: "identity".into(),
+                detail: detail.clone(),
+            });
+            conn.close(quinn::VarInt::from_u32(1), detail.as_bytes());
+            return;
+        }
+    };
+    let (send, recv) = match conn.accept_bi().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(node = %identity.node_id, "connection ended before a stream: {e}");
+            return;
+        }
+    };
+    shared
+        .sync
+        .connected(&identity.node_id, peer.clone(), Timestamp::now());
+    let end = drive_session(&shared, &identity, &peer, send, recv).await;
+    shared
+        .sync
+        .disconnected(&identity.node_id, Timestamp::now());
+    match end {
+        Some(refusal) => {
+            shared.refusals.record(refusal);
+            // Let the Refuse frame reach the agent before closing.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            conn.close(quinn::VarInt::from_u32(2), b"refused");
+        }
+        None => conn.close(quinn::VarInt::from_u32(0), b"session over"),
+    }
+}
+
+/// Reads frames into messages until the stream ends or a frame is bad.
+async fn read_frames(
+    mut recv: quinn::RecvStream,
+    tx: mpsc::Sender<Result<AgentMessage, sx_common::codec::DecodeError>>,
+) {
+    loop {
+        let mut header = [0u8; FRAME_HEADER_BYTES];
+        if recv.read_exact(&mut header).await.is_err() {
+            return;
+        }
+        let body_len = match wire::parse_header(header, MAX_FRAME_BYTES) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        let mut body = vec![0u8; body_len];
+        if recv.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let msg = wire::decode_body::<AgentMessage>(&body);
+        let failed = msg.is_err();
+        if tx.send(msg).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Drives one session; returns the refusal if the session was refused.
+async fn drive_session(
+    shared: &Arc<Shared>,
+    identity: &PeerIdentity,
+    peer: &str,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) -> Option<Refusal> {
+    let cfg = AggregatorConfig {
+        max_batch_events: shared.config.ingest.max_batch_events,
+        idle_timeout_us: (shared.config.ingest.idle_timeout.as_secs().max(1) as i64) * 1_000_000,
+    };
+    let node = identity.node_id.as_str();
+    let mut session = AggregatorSession::new(cfg, node, Timestamp::now());
+    let (tx, mut rx) = mpsc::channel(64);
+    let reader = tokio::spawn(read_frames(recv, tx));
+    let mut pending: VecDeque<oneshot::Receiver<Verdict>> = VecDeque::new();
+    let mut out = Vec::new();
+    let mut refusal = None;
+    let result = loop {
+        // Events first: they may queue messages.
+        while let Some(ev) = session.poll_event() {
+            match ev {
+                AggregatorEvent::Hello { agent_head, .. } => {
+                    shared.sync.agent_head(node, agent_head);
+                    match shared.store.head(node) {
+                        Ok(head) => session.resume(head, None),
+                        Err(e) => session.rejected(Rejection::Internal(e.to_string())),
+                    }
+                }
+                AggregatorEvent::Submit { events, checkpoint } => {
+                    if let Some(last) = events.last() {
+                        shared.sync.agent_head(
+                            node,
+                            sx_common::ChainHead {
+                                seq: last.event.seq,
+                                hash: last.hash,
+                            },
+                        );
+                    }
+                    let sub = Submission {
+                        node_id: node.to_owned(),
+                        key: identity.key,
+                        cert_fingerprint: identity.fingerprint.clone(),
+                        events,
+                        checkpoint,
+                        via: SyncPath::Quic,
+                        received_at: Timestamp::now(),
+                    };
+                    match shared.ingest.submit(sub).await {
+                        Ok(rx) => pending.push_back(rx),
+                        Err(e) => session.rejected(Rejection::Internal(e.to_string())),
+                    }
+                }
+                AggregatorEvent::Heartbeat { agent_head, rtt_ms } => {
+                    shared.sync.agent_head(node, agent_head);
+                    shared.sync.rtt(node, rtt_ms);
+                }
+                AggregatorEvent::Closed(end) => {
+                    if let sx_common::protocol::SessionEnd::RefusedPeer { code, message } = &end {
+                        refusal = Some(Refusal {
+                            at: Timestamp::now(),
+                            peer: peer.to_owned(),
+                            node_id: Some(node.to_owned()),
+                            reason: code.as_str().to_owned(),
+                            detail: message.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        out.clear();
+        while let Some(msg) = session.poll_transmit() {
+            wire::encode_frame(&msg, &mut out);
+        }
+        if !out.is_empty() && send.write_all(&out).await.is_err() {
+            break None;
+        }
+        if session.is_closed() {
+            let _ = send.finish();
+            break refusal;
+        }
+        let deadline = session
+            .poll_timeout()
+            .map(|t| (t.0 - Timestamp::now().0).max(0) as u64)
+            .unwrap_or(1_000_000);
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(Ok(m)) => session.handle_message(m, Timestamp::now()),
+                Some(Err(e)) => session.handle_decode_error(&e),
+                None => break None,
+            },
+            verdict = async { pending.front_mut().expect("guarded").await }, if !pending.is_empty() => {
+                pending.pop_front();
+                match verdict {
+                    Ok(Ok(admitted)) => session.committed(admitted.head),
+                    Ok(Err(rejection)) => session.rejected(rejection),
+                    Err(_) => session.rejected(Rejection::Internal("writer stopped".into())),
+                }
+            }
+            _ = tokio::time::sleep(std::time::Duration::from_micros(deadline)) => {
+                session.handle_timeout(Timestamp::now());
+            }
+        }
+    };
+    reader.abort();
+    result
+}

@@ -1,0 +1,138 @@
+//! The aggregator's event store: per-node verified streams, behind a trait
+//! so another log (a replicated one) can stand in for the embedded redb.
+//!
+//! Invariants every implementation keeps:
+//! - a node's stream holds seq 1..=head without gaps, every event verified
+//!   against the node's key and chained to the one before;
+//! - [`EventStore::append`] commits all accepted submissions in one durable
+//!   transaction and returns only after it is durable; a rejected
+//!   submission changes no event (fork evidence is kept apart);
+//! - resending what is held is harmless: identical events are deduplicated.
+
+mod redb_store;
+
+pub use redb_store::RedbStore;
+
+use serde::{Deserialize, Serialize};
+use sx_common::chain::{ChainHead, Checkpoint, Digest, SealedEvent};
+use sx_common::event::SyncPath;
+use sx_common::protocol::Rejection;
+use sx_common::time::Timestamp;
+
+/// One batch offered for one node, by QUIC ingest or bundle import.
+#[derive(Clone, Debug)]
+pub struct Submission {
+    pub node_id: String,
+    /// The node's public key, from its verified certificate.
+    pub key: ed25519_dalek::VerifyingKey,
+    /// SHA-256 fingerprint of that certificate.
+    pub cert_fingerprint: String,
+    pub events: Vec<SealedEvent>,
+    pub checkpoint: Checkpoint,
+    pub via: SyncPath,
+    pub received_at: Timestamp,
+}
+
+/// A submission accepted and durably committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admitted {
+    /// The node's durable head after the commit.
+    pub head: ChainHead,
+    /// Seqs newly stored by this submission (empty range: all duplicates).
+    pub new_from: u64,
+    pub new_count: u64,
+}
+
+/// What the store knows of a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub node_id: String,
+    /// Durable head: everything up to it is stored and acknowledged.
+    pub head: ChainHead,
+    pub first_seen: Timestamp,
+    /// When the node's stream was last confirmed (any accepted submission).
+    pub last_sync: Option<Timestamp>,
+    pub last_sync_via: Option<SyncPath>,
+    pub cert_fingerprint: String,
+    /// Ed25519 public key the stream verifies against.
+    pub public_key: Digest,
+    /// Storage index of the node (internal key prefix).
+    pub index: u32,
+}
+
+/// Evidence of a fork: a validly signed batch that contradicts the stored
+/// stream. Kept, never applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkEvidence {
+    pub node_id: String,
+    pub seq: u64,
+    pub stored: Digest,
+    pub offered: Digest,
+    pub checkpoint: Checkpoint,
+    pub detected_at: Timestamp,
+    pub via: SyncPath,
+}
+
+/// Storage failures (as opposed to rejections of bad input).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("event store: {0}")]
+    Storage(#[from] redb::Error),
+    #[error("event store holds undecodable data for node {node} seq {seq}: {source}")]
+    Corrupt {
+        node: String,
+        seq: u64,
+        #[source]
+        source: sx_common::codec::DecodeError,
+    },
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Storage(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// The event store of a region.
+pub trait EventStore: Send + Sync {
+    /// Verifies and appends submissions in one durable transaction. Returns,
+    /// per submission, what was admitted or why it was rejected. An `Err`
+    /// means nothing was committed.
+    fn append(
+        &self,
+        submissions: &[Submission],
+    ) -> Result<Vec<Result<Admitted, Rejection>>, StoreError>;
+
+    /// The durable head of a node (zero if unknown).
+    fn head(&self, node_id: &str) -> Result<ChainHead, StoreError>;
+
+    fn node(&self, node_id: &str) -> Result<Option<NodeRecord>, StoreError>;
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+
+    /// Up to `max` events of a node from `from_seq` on, in order.
+    fn read(
+        &self,
+        node_id: &str,
+        from_seq: u64,
+        max: usize,
+    ) -> Result<Vec<SealedEvent>, StoreError>;
+
+    /// Fork evidence, oldest first.
+    fn forks(&self) -> Result<Vec<ForkEvidence>, StoreError>;
+
+    /// Total number of events held.
+    fn event_count(&self) -> Result<u64, StoreError>;
+}

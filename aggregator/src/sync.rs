@@ -1,0 +1,103 @@
+//! Per-node sync state as the aggregator observes it: durable position, last
+//! sync, the head the agent reports, backlog, RTT and connection. The
+//! durable part lives in the store; the rest is this process's observation.
+
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use sx_common::chain::ChainHead;
+use sx_common::event::SyncPath;
+use sx_common::time::{Span, Timestamp};
+
+/// Whether a node currently has a session with this aggregator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "state")]
+pub enum Connection {
+    Connected { since: Timestamp, peer: String },
+    Disconnected { since: Timestamp },
+    Never,
+}
+
+/// What the aggregator knows of one node's sync.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NodeSync {
+    pub node_id: String,
+    pub acked_seq: u64,
+    pub acked_hash: sx_common::chain::Digest,
+    pub last_sync: Option<Timestamp>,
+    pub last_sync_via: Option<SyncPath>,
+    /// The highest head the agent reported (Hello, heartbeat or batch).
+    pub agent_head_seq: u64,
+    /// Events the node holds that the aggregator does not: agent head − acked.
+    pub backlog: u64,
+    pub rtt_ms: Option<u32>,
+    pub connection: Connection,
+    /// Time since the last sync, at the moment of the query.
+    pub sync_debt: Span,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Observed {
+    agent_head: u64,
+    rtt_ms: Option<u32>,
+    connection: Option<Connection>,
+}
+
+/// The live observations; combined with store records on query.
+#[derive(Debug, Default)]
+pub struct SyncTable {
+    observed: Mutex<HashMap<String, Observed>>,
+}
+
+impl SyncTable {
+    fn with<R>(&self, node: &str, f: impl FnOnce(&mut Observed) -> R) -> R {
+        let mut map = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        f(map.entry(node.to_owned()).or_default())
+    }
+
+    pub fn connected(&self, node: &str, peer: String, now: Timestamp) {
+        self.with(node, |o| {
+            o.connection = Some(Connection::Connected { since: now, peer })
+        });
+    }
+
+    pub fn disconnected(&self, node: &str, now: Timestamp) {
+        self.with(node, |o| {
+            o.connection = Some(Connection::Disconnected { since: now })
+        });
+    }
+
+    pub fn agent_head(&self, node: &str, head: ChainHead) {
+        self.with(node, |o| o.agent_head = o.agent_head.max(head.seq));
+    }
+
+    pub fn rtt(&self, node: &str, rtt_ms: Option<u32>) {
+        if rtt_ms.is_some() {
+            self.with(node, |o| o.rtt_ms = rtt_ms);
+        }
+    }
+
+    /// The sync state of every node the store knows, as of `now`.
+    pub fn snapshot(&self, records: &[crate::store::NodeRecord], now: Timestamp) -> Vec<NodeSync> {
+        let map = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        records
+            .iter()
+            .map(|r| {
+                let o = map.get(&r.node_id).cloned().unwrap_or_default();
+                let agent_head = o.agent_head.max(r.head.seq);
+                NodeSync {
+                    node_id: r.node_id.clone(),
+                    acked_seq: r.head.seq,
+                    acked_hash: r.head.hash,
+                    last_sync: r.last_sync,
+                    last_sync_via: r.last_sync_via,
+                    agent_head_seq: agent_head,
+                    backlog: agent_head - r.head.seq,
+                    rtt_ms: o.rtt_ms,
+                    connection: o.connection.unwrap_or(Connection::Never),
+                    sync_debt: r.last_sync.map_or(Span::ZERO, |s| now.since(s)),
+                }
+            })
+            .collect()
+    }
+}
