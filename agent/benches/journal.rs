@@ -3,17 +3,21 @@
 //!
 //! `cargo bench -p sx-agent --bench journal`
 //!
-//! For each batch size (events per durable transaction) the bench runs
-//! alternating rounds of
+//! For each batch size (events per durable transaction) each round writes,
+//! alternating one transaction at a time:
 //! - **raw**: a fresh redb file, `TableDefinition<u64, &[u8]>`, one durable
 //!   commit per batch inserting pre-encoded canonical event bytes;
 //! - **journal**: a fresh [`RedbJournal`], one [`Journal::append`] per batch
-//!   of the same payloads (encode, hash, sign, events + checkpoint rows,
-//!   durable commit);
+//!   of the same payloads (clone, encode, hash, sign, event rows + a
+//!   checkpoint row, durable commit; the returned events are dropped);
 //!
-//! and prints the median events/s of each and the ratio journal/raw.
+//! and prints the events/s of each over all rounds and the median of the
+//! per-round ratios journal/raw. Alternating per transaction pairs the two
+//! under the same conditions, which matters on a shared machine where
+//! other processes' CPU and fsync load drift over seconds.
+//!
 //! Files live under Cargo's target tmp dir (a real disk, so fsync counts).
-//! Set `SX_BENCH_ROUNDS` to change the number of rounds (default 3).
+//! `SX_BENCH_ROUNDS` sets the number of rounds (default 3).
 
 use ed25519_dalek::SigningKey;
 use redb::{Database, TableDefinition};
@@ -48,10 +52,10 @@ fn main() {
         .bytes
         .len();
     println!(
-        "payload: connectivity.state_transition, {encoded} bytes encoded; {rounds} rounds, median"
+        "payload: connectivity.state_transition, {encoded} bytes encoded; {rounds} paired rounds"
     );
     let start = Instant::now();
-    let sample = canonical_stream(&items, 100_000);
+    let sample = canonical_stream(&items, 100_000, items.len());
     let per_event = start.elapsed().as_nanos() / sample.len() as u128;
     drop(sample);
     println!("cpu only: building + sealing one event costs ~{per_event} ns");
@@ -60,52 +64,45 @@ fn main() {
         "batch", "events", "raw ev/s", "journal ev/s", "ratio"
     );
     for (batch, total) in CASES {
-        let raw_bytes = canonical_stream(&items, total);
-        let mut raw = Vec::new();
-        let mut journal = Vec::new();
+        let raw_bytes = canonical_stream(&items, total, batch);
+        let (mut raw, mut journal, mut ratios) = (Duration::ZERO, Duration::ZERO, Vec::new());
         for _ in 0..rounds {
             let dir = tempfile::tempdir_in(base).expect("tempdir");
-            raw.push(rate(
-                total,
-                raw_inserts(&dir.path().join("raw.redb"), &raw_bytes, batch),
-            ));
-            journal.push(rate(
-                total,
-                journal_appends(&dir.path().join("journal.redb"), &items, total, batch),
-            ));
+            let (r, j) = paired_round(dir.path(), &items, &raw_bytes, batch);
+            raw += r;
+            journal += j;
+            ratios.push(r.as_secs_f64() / j.as_secs_f64());
         }
-        let (raw, journal) = (median(raw), median(journal));
+        let events = total * rounds;
         println!(
-            "{batch:>6} {total:>9} {raw:>14.0} {journal:>14.0} {:>7.2}",
-            journal / raw
+            "{batch:>6} {total:>9} {:>14.0} {:>14.0} {:>7.2}",
+            rate(events, raw),
+            rate(events, journal),
+            median(ratios)
         );
     }
 }
 
-fn journal_appends(
-    path: &Path,
+/// One round: a fresh raw redb file and a fresh journal, written in
+/// alternation, one durable transaction each in turn. Returns the time spent
+/// in raw transactions and in journal appends.
+fn paired_round(
+    dir: &Path,
     items: &[(Timestamp, EventPayload)],
-    total: usize,
+    raw_bytes: &[Vec<u8>],
     batch: usize,
-) -> Duration {
-    let key = SigningKey::from_bytes(&[7; 32]);
-    let mut journal = RedbJournal::create(path, NODE_ID, key).expect("create journal");
-    let start = Instant::now();
-    for _ in 0..total / batch {
-        journal.append(&items[..batch]).expect("append");
-    }
-    let elapsed = start.elapsed();
-    assert_eq!(journal.head().seq, (total / batch * batch) as u64);
-    elapsed
-}
-
-fn raw_inserts(path: &Path, events: &[Vec<u8>], batch: usize) -> Duration {
-    let db = Database::create(path).expect("create raw db");
+) -> (Duration, Duration) {
+    let db = Database::create(dir.join("raw.redb")).expect("create raw db");
     let txn = db.begin_write().expect("begin");
     txn.open_table(RAW_TABLE).expect("table");
     txn.commit().expect("commit");
-    let start = Instant::now();
-    for (chunk_index, chunk) in events.chunks(batch).enumerate() {
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let mut journal =
+        RedbJournal::create(dir.join("journal.redb"), NODE_ID, key).expect("create journal");
+
+    let (mut raw, mut appends) = (Duration::ZERO, Duration::ZERO);
+    for (chunk_index, chunk) in raw_bytes.chunks(batch).enumerate() {
+        let start = Instant::now();
         let txn = db.begin_write().expect("begin");
         {
             let mut table = txn.open_table(RAW_TABLE).expect("table");
@@ -115,17 +112,28 @@ fn raw_inserts(path: &Path, events: &[Vec<u8>], batch: usize) -> Duration {
             }
         }
         txn.commit().expect("commit");
+        raw += start.elapsed();
+
+        let start = Instant::now();
+        let outcome = journal.append(&items[..chunk.len()]).expect("append");
+        drop(outcome);
+        appends += start.elapsed();
     }
-    start.elapsed()
+    assert_eq!(journal.head().seq, raw_bytes.len() as u64);
+    (raw, appends)
 }
 
-/// The canonical bytes the journal would write for `total` events cycling
-/// through `items`.
-fn canonical_stream(items: &[(Timestamp, EventPayload)], total: usize) -> Vec<Vec<u8>> {
+/// Exactly the canonical bytes the journal writes for `total` events
+/// appended `batch` at a time, each append taking `items[..batch]`.
+fn canonical_stream(
+    items: &[(Timestamp, EventPayload)],
+    total: usize,
+    batch: usize,
+) -> Vec<Vec<u8>> {
     let mut prev = Digest::GENESIS;
     (0..total)
         .map(|i| {
-            let sealed = SealedEvent::seal(event(i as u64 + 1, prev, &items[i % items.len()]));
+            let sealed = SealedEvent::seal(event(i as u64 + 1, prev, &items[i % batch]));
             prev = sealed.hash;
             sealed.bytes
         })

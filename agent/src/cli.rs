@@ -16,7 +16,7 @@ use sx_agent::journal::data_dir::{
     self, DATA_DIR_ENV, DEFAULT_DATA_DIR, InitRequest, Initialised, Status,
 };
 use sx_agent::journal::{DataDir, Journal, record_local};
-use sx_common::event::{ConnectivityTransition, EVENT_TYPES};
+use sx_common::event::{ConnectivityTransition, EVENT_TYPES, PayloadError};
 use sx_common::model::ConnectivityState;
 use sx_common::{EventPayload, SealedEvent, Span, Timestamp};
 
@@ -49,6 +49,12 @@ pub enum Command {
     /// Run the agent: hold the journal, serve the local ingest socket, and
     /// replay to / stream live to the aggregator over QUIC.
     Run(RunArgs),
+    /// Export journal events into a signed bundle file for air-gapped sync
+    /// (through the running agent when there is one).
+    ExportBundle(ExportBundleArgs),
+    /// Apply an aggregator's receipt: verify it, advance the receipted
+    /// mark, record the desired state and the completed sync.
+    ImportReceipt(ImportReceiptArgs),
     /// Append random batches forever, printing the head after each commit
     /// (crash tests).
     #[command(hide = true)]
@@ -134,6 +140,43 @@ pub struct PruneArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ExportBundleArgs {
+    /// The bundle file, or a directory to write `<node>-<counter>.sxbundle`
+    /// in (default: the current directory).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// First seq (default: the first the aggregator is not known to hold).
+    #[arg(long)]
+    pub from: Option<u64>,
+    /// Last seq (default: the head).
+    #[arg(long)]
+    pub to: Option<u64>,
+    /// Region whose aggregator may import it (default: the certificate's).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// The only aggregator that may import it (default: any of the region).
+    #[arg(long)]
+    pub aggregator: Option<String>,
+    /// The bundle is refused after this long (e.g. 30d, 12h).
+    #[arg(long, default_value = "30d", value_parser = parse_span)]
+    pub expires_in: Span,
+    /// Store the events without zstd compression.
+    #[arg(long)]
+    pub no_compress: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportReceiptArgs {
+    /// The receipt file written by `sx-aggregator import-bundle`.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct DebugAppendLoopArgs {
     /// Largest batch (events per transaction); each batch is 1..=this.
     #[arg(long, default_value_t = 50)]
@@ -158,6 +201,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Verify(args) => verify(&dir, args),
         Command::Prune(args) => prune(&dir, args),
         Command::Run(args) => run_agent(&dir, args),
+        Command::ExportBundle(args) => export_bundle(&dir, args),
+        Command::ImportReceipt(args) => import_receipt(&dir, args),
         Command::DebugAppendLoop(args) => debug_append_loop(&dir, args),
     }
 }
@@ -199,7 +244,15 @@ fn record(dir: &DataDir, args: RecordArgs) -> Result<ExitCode> {
     // changes nothing.
     let body: Value = serde_json::from_str(&args.payload)
         .with_context(|| format!("payload is not valid JSON: {}", args.payload))?;
-    let payload = EventPayload::from_type_and_json(&args.event_type, body)?;
+    let payload =
+        EventPayload::from_type_and_json(&args.event_type, body).map_err(|e| match e {
+            PayloadError::UnknownType(t) => anyhow::anyhow!(
+                "unknown event type {t:?}; known types: {}",
+                EVENT_TYPES.join(", ")
+            ),
+            // `Invalid` displays its cause itself; don't chain it a second time.
+            invalid => anyhow::anyhow!("{invalid}"),
+        })?;
     let at = args.at.unwrap_or_else(Timestamp::now);
     // A running agent holds the journal: go through its socket.
     let socket = dir.root().join(sx_agent::local::SOCKET_FILE);
@@ -312,7 +365,8 @@ fn verify(dir: &DataDir, args: OutputArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(error) if args.json => {
-            print_json(&json!({ "ok": false, "error": error.to_string() }))?;
+            let error = format!("{:#}", anyhow::Error::from(error));
+            print_json(&json!({ "ok": false, "error": error }))?;
             Ok(ExitCode::FAILURE)
         }
         Err(error) => Err(error).context("journal verification failed"),
@@ -328,6 +382,92 @@ fn prune(dir: &DataDir, args: PruneArgs) -> Result<ExitCode> {
         print_json(&json!({ "pruned": pruned, "first_held_seq": first_held }))?;
     } else {
         println!("pruned {pruned} events; first held seq is now {first_held}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export_bundle(dir: &DataDir, args: ExportBundleArgs) -> Result<ExitCode> {
+    use sx_agent::bundle::{ExportRequest, LocalAnswer, LocalRequest};
+    let cwd = std::env::current_dir().context("the current directory")?;
+    let request = ExportRequest {
+        // Absolute: the running agent may have another working directory.
+        out: args.out.map_or_else(|| cwd.clone(), |p| cwd.join(p)),
+        from: args.from,
+        to: args.to,
+        region: args.region,
+        aggregator: args.aggregator,
+        expires_in: args.expires_in,
+        compression: if args.no_compress {
+            sx_common::bundle::Compression::None
+        } else {
+            sx_common::bundle::Compression::Zstd
+        },
+    };
+    let socket = dir.root().join(sx_agent::local::SOCKET_FILE);
+    let (exported, via) =
+        match sx_agent::local::bundle_via_socket(&socket, LocalRequest::Export(request.clone()))? {
+            Some(LocalAnswer::Exported(e)) => (e, " (via the running agent)"),
+            Some(other) => anyhow::bail!("the running agent answered {other:?}"),
+            None => (
+                sx_agent::bundle::export_stopped(dir, &request, Timestamp::now())?,
+                "",
+            ),
+        };
+    if args.output.json {
+        print_json(&exported)?;
+    } else {
+        println!(
+            "exported seq {}..={} of {} ({} events, {} checkpoints, head {}) to {}: counter {}, {} bytes, region {}, expires {}{via}",
+            exported.first_seq,
+            exported.last_seq,
+            exported.node_id,
+            exported.events,
+            exported.checkpoints,
+            exported.head_hash,
+            exported.path.display(),
+            exported.counter,
+            exported.bytes,
+            exported.region,
+            exported.expires_at,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn import_receipt(dir: &DataDir, args: ImportReceiptArgs) -> Result<ExitCode> {
+    use sx_agent::bundle::{LocalAnswer, LocalRequest};
+    let bytes = sx_agent::bundle::read_limited(&args.file, sx_common::bundle::MAX_RECEIPT_BYTES)?;
+    let socket = dir.root().join(sx_agent::local::SOCKET_FILE);
+    let op = LocalRequest::ImportReceipt {
+        receipt_hex: hex::encode(&bytes),
+    };
+    let applied = match sx_agent::local::bundle_via_socket(&socket, op)? {
+        Some(LocalAnswer::ReceiptApplied(a)) => a,
+        Some(other) => anyhow::bail!("the running agent answered {other:?}"),
+        None => sx_agent::bundle::import_receipt_stopped(dir, &bytes, Timestamp::now())
+            .with_context(|| format!("receipt {} refused", args.file.display()))?,
+    };
+    if args.output.json {
+        print_json(&applied)?;
+    } else if applied.applied {
+        println!(
+            "receipt from {}: the aggregator durably holds {} up to seq {} {}; receipted mark moved, recorded seq {:?}{}",
+            applied.aggregator,
+            applied.node_id,
+            applied.head.seq,
+            applied.head.hash,
+            applied.recorded,
+            if applied.desired_state {
+                " (with desired state)"
+            } else {
+                ""
+            }
+        );
+    } else {
+        println!(
+            "receipt from {} for seq {} already applied: nothing changed",
+            applied.aggregator, applied.head.seq
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -18,7 +18,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .open_journal()
         .with_context(|| format!("opening the journal in {}", dir.root().display()))?;
     let key = dir.signing_key()?;
-    let journal = JournalHandle::new(journal, key);
+    let journal = JournalHandle::new(journal, key)?;
     tracing::info!(
         node = journal.node_id(),
         head = journal.head().seq,
@@ -32,8 +32,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let local = {
         let journal = journal.clone();
         let path = socket_path.clone();
+        let dir = dir.clone();
         tokio::spawn(async move {
-            if let Err(e) = crate::local::serve(&path, journal).await {
+            if let Err(e) = crate::local::serve(&path, journal, dir).await {
                 tracing::error!("local ingest stopped: {e:#}");
             }
         })

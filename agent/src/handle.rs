@@ -16,6 +16,9 @@ pub struct JournalHandle {
     key: Arc<ed25519_dalek::SigningKey>,
     node_id: Arc<str>,
     head: watch::Sender<ChainHead>,
+    /// The node's own twin, folded from every held event and kept current
+    /// by each append (drift is detected against it).
+    twin: Arc<Mutex<sx_common::DigitalTwin>>,
 }
 
 /// A batch read for the uplink: canonical bytes and a checkpoint over the
@@ -28,14 +31,32 @@ pub struct OutgoingBatch {
 }
 
 impl JournalHandle {
-    pub fn new(journal: RedbJournal, key: ed25519_dalek::SigningKey) -> Self {
+    /// Takes ownership of the journal and folds its held events into the
+    /// node's twin.
+    pub fn new(journal: RedbJournal, key: ed25519_dalek::SigningKey) -> Result<Self, JournalError> {
+        let mut twin = sx_common::DigitalTwin::default();
+        let mut next = journal.marks().first_held_seq.max(1);
+        loop {
+            let chunk = journal.read_range(next, 4_096)?;
+            let Some(last) = chunk.last() else { break };
+            next = last.event.seq + 1;
+            for e in &chunk {
+                sx_common::fold::apply(&mut twin, &e.event);
+            }
+        }
         let (head, _) = watch::channel(journal.head());
-        JournalHandle {
+        Ok(JournalHandle {
             node_id: journal.node_id().into(),
             inner: Arc::new(Mutex::new(journal)),
             key: Arc::new(key),
             head,
-        }
+            twin: Arc::new(Mutex::new(twin)),
+        })
+    }
+
+    /// A copy of the node's current twin.
+    pub fn twin(&self) -> sx_common::DigitalTwin {
+        self.twin.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn node_id(&self) -> &str {
@@ -71,6 +92,12 @@ impl JournalHandle {
         items: Vec<(Timestamp, EventPayload)>,
     ) -> Result<AppendOutcome, JournalError> {
         let outcome = self.with(move |j| j.append(&items)).await?;
+        {
+            let mut twin = self.twin.lock().unwrap_or_else(|p| p.into_inner());
+            for e in &outcome.events {
+                sx_common::fold::apply(&mut twin, &e.event);
+            }
+        }
         self.head.send_if_modified(|h| {
             let new = outcome.head();
             let moved = new.seq > h.seq;
@@ -128,6 +155,11 @@ impl JournalHandle {
     pub async fn set_receipted(&self, head: ChainHead) -> Result<(), JournalError> {
         self.with(move |j| j.set_receipted(head.seq, head.hash))
             .await
+    }
+
+    /// Records that events up to `seq` were written to a bundle.
+    pub async fn set_exported(&self, seq: u64) -> Result<(), JournalError> {
+        self.with(move |j| j.set_exported(seq)).await
     }
 
     pub async fn marks(&self) -> Marks {

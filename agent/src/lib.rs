@@ -9,10 +9,12 @@
 //!   implementation [`RedbJournal`](journal::RedbJournal), and the data
 //!   directory with the local operations the CLI runs
 //!   ([`journal::data_dir`]).
+//! - [`bundle`]: air-gapped sync: bundle export and receipt import.
 //!
 //! The `sx-agent` binary (`src/main.rs`, `src/cli.rs`) only parses flags and
 //! calls into this library.
 
+pub mod bundle;
 pub mod config;
 pub mod daemon;
 pub mod handle;

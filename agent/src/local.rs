@@ -8,8 +8,14 @@
 //! "payload": {...}, "timestamp": "2026-...Z" (optional)}]}`.
 //! Answer: `{"ok": true, "events": [{"seq": 7, "id": "evt-...", "hash":
 //! "sha256:..."}]}` or `{"ok": false, "error": "..."}`.
+//!
+//! A request may instead carry a bundle operation, `{"bundle": ...}` (a
+//! [`LocalRequest`](crate::bundle::LocalRequest): export a bundle, apply a
+//! receipt), answered with `{"ok": true, "bundle": ...}`.
 
+use crate::bundle::{LocalAnswer, LocalRequest};
 use crate::handle::JournalHandle;
+use crate::journal::DataDir;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -34,7 +40,11 @@ pub struct RecordItem {
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Request {
+    #[serde(default)]
     events: Vec<RecordItem>,
+    /// A bundle operation instead of events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bundle: Option<LocalRequest>,
 }
 
 /// One recorded event, as answered.
@@ -52,6 +62,8 @@ struct Answer {
     events: Vec<Recorded>,
     #[serde(default)]
     error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bundle: Option<LocalAnswer>,
 }
 
 /// Turns request items into payloads; the first bad one fails the whole
@@ -71,7 +83,7 @@ pub fn parse_items(items: Vec<RecordItem>) -> Result<Vec<(Timestamp, EventPayloa
 }
 
 /// Serves the socket until the task is dropped.
-pub async fn serve(path: &Path, journal: JournalHandle) -> Result<()> {
+pub async fn serve(path: &Path, journal: JournalHandle, dir: DataDir) -> Result<()> {
     if path.exists() {
         // A stale socket from a crashed agent: the journal lock proves no
         // other agent runs on this data directory.
@@ -86,15 +98,16 @@ pub async fn serve(path: &Path, journal: JournalHandle) -> Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let journal = journal.clone();
+        let dir = dir.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_client(stream, journal).await {
+            if let Err(e) = serve_client(stream, journal, dir).await {
                 tracing::debug!("local ingest client: {e:#}");
             }
         });
     }
 }
 
-async fn serve_client(stream: UnixStream, journal: JournalHandle) -> Result<()> {
+async fn serve_client(stream: UnixStream, journal: JournalHandle, dir: DataDir) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
     let mut line = String::new();
@@ -107,16 +120,18 @@ async fn serve_client(stream: UnixStream, journal: JournalHandle) -> Result<()> 
         if n == 0 {
             return Ok(());
         }
-        let answer = match handle_request(&line, &journal).await {
-            Ok(events) => Answer {
+        let answer = match handle_request(&line, &journal, &dir).await {
+            Ok((events, bundle)) => Answer {
                 ok: true,
                 events,
                 error: None,
+                bundle,
             },
             Err(e) => Answer {
                 ok: false,
                 events: Vec::new(),
                 error: Some(format!("{e:#}")),
+                bundle: None,
             },
         };
         let mut out = serde_json::to_vec(&answer)?;
@@ -125,14 +140,22 @@ async fn serve_client(stream: UnixStream, journal: JournalHandle) -> Result<()> 
     }
 }
 
-async fn handle_request(line: &str, journal: &JournalHandle) -> Result<Vec<Recorded>> {
+async fn handle_request(
+    line: &str,
+    journal: &JournalHandle,
+    dir: &DataDir,
+) -> Result<(Vec<Recorded>, Option<LocalAnswer>)> {
     if !line.ends_with('\n') {
         bail!("request longer than {MAX_REQUEST_BYTES} bytes or not newline-terminated");
     }
     let req: Request = serde_json::from_str(line).context("request is not valid JSON")?;
+    if let Some(op) = req.bundle {
+        let answer = crate::bundle::serve_local(op, dir.clone(), journal.clone()).await?;
+        return Ok((Vec::new(), Some(answer)));
+    }
     let items = parse_items(req.events)?;
     let outcome = journal.append(items).await?;
-    Ok(outcome
+    let recorded = outcome
         .events
         .iter()
         .map(|e| Recorded {
@@ -140,18 +163,45 @@ async fn handle_request(line: &str, journal: &JournalHandle) -> Result<Vec<Recor
             id: e.event.id(),
             hash: e.hash,
         })
-        .collect())
+        .collect();
+    Ok((recorded, None))
 }
 
 /// Records through a running agent's socket. `Ok(None)` when no agent
 /// listens there (the caller then appends directly).
 pub fn record_via_socket(path: &Path, items: Vec<RecordItem>) -> Result<Option<Vec<Recorded>>> {
+    let request = Request {
+        events: items,
+        bundle: None,
+    };
+    Ok(ask(path, &request)?.map(|answer| answer.events))
+}
+
+/// Runs a bundle operation in a running agent. `Ok(None)` when no agent
+/// listens there (the caller then works on the stopped agent's journal).
+pub fn bundle_via_socket(path: &Path, op: LocalRequest) -> Result<Option<LocalAnswer>> {
+    let request = Request {
+        events: Vec::new(),
+        bundle: Some(op),
+    };
+    match ask(path, &request)? {
+        None => Ok(None),
+        Some(Answer {
+            bundle: Some(answer),
+            ..
+        }) => Ok(Some(answer)),
+        Some(_) => bail!("the running agent does not know bundle operations (an older agent?)"),
+    }
+}
+
+/// Sends one request; `Ok(None)` when nothing listens on `path`.
+fn ask(path: &Path, request: &Request) -> Result<Option<Answer>> {
     use std::io::{BufRead, Write};
     let mut stream = match std::os::unix::net::UnixStream::connect(path) {
         Ok(s) => s,
         Err(_) => return Ok(None),
     };
-    let mut line = serde_json::to_vec(&Request { events: items })?;
+    let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
     stream.write_all(&line).context("sending to the agent")?;
     let mut answer = String::new();
@@ -161,7 +211,7 @@ pub fn record_via_socket(path: &Path, items: Vec<RecordItem>) -> Result<Option<V
     let answer: Answer =
         serde_json::from_str(&answer).context("the agent answered something that is not JSON")?;
     if answer.ok {
-        Ok(Some(answer.events))
+        Ok(Some(answer))
     } else {
         bail!(answer.error.unwrap_or_else(|| "refused".into()))
     }

@@ -129,6 +129,39 @@ async fn last_recorded(journal: &JournalHandle) -> Result<(ConnectivityState, Ti
     ))
 }
 
+/// Records the desired state the aggregator sent, if it changed, and the
+/// drift the node detects itself against what it runs, so drift is known
+/// on the node while it is autonomous and replayed later.
+pub async fn learn_desired(
+    journal: &JournalHandle,
+    desired: sx_common::wire::DesiredState,
+) -> Result<()> {
+    let twin = journal.twin();
+    let mut items = Vec::new();
+    let now = Timestamp::now();
+    for drift in sx_common::desired::detect_drift(&twin, &desired) {
+        items.push((now, drift));
+    }
+    let known = sx_common::version::strip_component(&twin.software.desired_version)
+        == desired
+            .software_version
+            .as_deref()
+            .map(sx_common::version::strip_component)
+            .unwrap_or("")
+        && twin.state.desired == desired.config
+        && desired
+            .policy_version
+            .as_deref()
+            .is_none_or(|p| p == twin.policy.desired_policy);
+    if !known {
+        items.insert(0, (now, EventPayload::DesiredStateLearned(desired)));
+    }
+    if !items.is_empty() {
+        journal.append(items).await?;
+    }
+    Ok(())
+}
+
 /// Whether an event shows the aggregator was reachable when it was recorded.
 fn is_contact(payload: &EventPayload) -> bool {
     match payload {
@@ -341,7 +374,7 @@ async fn drive(
                         }))
                         .await?;
                     if let Some(d) = desired {
-                        journal.record(EventPayload::DesiredStateLearned(d)).await?;
+                        learn_desired(journal, d).await?;
                     }
                     let backlog = journal.head().seq.saturating_sub(durable.seq);
                     connectivity

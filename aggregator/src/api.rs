@@ -19,6 +19,10 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// Largest request body the API reads (413 beyond), unless a route says
+/// otherwise.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -26,7 +30,13 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/nodes/{node}/events", get(node_events))
         .route("/api/v1/refusals", get(refusals))
         .route("/api/v1/forks", get(forks))
+        .merge(crate::query::routes())
+        .merge(crate::bundle::routes())
+        .merge(crate::ui::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        // Request bodies (desired-state changes) are small; routes that take
+        // more (bundle import) set their own, larger limit.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(shared)
 }
 

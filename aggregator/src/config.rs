@@ -8,6 +8,9 @@
 //! data_dir = "./aggregator-data" # redb files live here
 //! listen = "127.0.0.1:7170"      # QUIC ingest (UDP)
 //! api_listen = "127.0.0.1:7180"  # HTTP API and web UI
+//! desired = "desired.toml"       # desired-state declaration (optional)
+//! stale_after = "5m"             # mark nodes not heard from as stale
+//! operator_token = "..."         # bearer token for changes (and non-loopback)
 //!
 //! [tls]                           # default: the layout of `sx-certs` under pki_dir
 //! pki_dir = "./pki"
@@ -41,6 +44,13 @@ pub struct AggregatorSection {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub api_listen: SocketAddr,
+    /// Desired-state declaration (TOML or JSON) loaded at start.
+    pub desired: Option<PathBuf>,
+    /// Nodes not heard from for longer are marked stale.
+    pub stale_after: Span,
+    /// Bearer token operators present to change desired state (and for any
+    /// route when the API listens beyond loopback). None: no changes.
+    pub operator_token: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -69,6 +79,9 @@ impl Default for AggregatorSection {
             data_dir: PathBuf::from("./aggregator-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 7170)),
             api_listen: SocketAddr::from(([127, 0, 0, 1], 7180)),
+            desired: None,
+            stale_after: Span::from_mins(5),
+            operator_token: None,
         }
     }
 }

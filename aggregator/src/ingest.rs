@@ -6,6 +6,7 @@
 use crate::store::{Admitted, EventStore, StoreError, Submission};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use sx_common::chain::SealedEvent;
 use sx_common::protocol::Rejection;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -31,12 +32,12 @@ impl Default for GroupCommit {
     }
 }
 
-/// Told to subscribers after every commit: which node got which new seqs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Told to subscribers after every commit: the events newly stored for a
+/// node, in seq order.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Committed {
     pub node_id: String,
-    pub from_seq: u64,
-    pub to_seq: u64,
+    pub events: Vec<SealedEvent>,
 }
 
 /// Counters of the writer, for status and metrics.
@@ -153,15 +154,16 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let submissions: Vec<Submission> = jobs.iter().map(|j| j.submission.clone()).collect();
+        let (submissions, replies): (Vec<Submission>, Vec<_>) =
+            jobs.into_iter().map(|j| (j.submission, j.reply)).unzip();
         match store.append(&submissions) {
             Ok(verdicts) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 let mut committed = Vec::new();
-                for (job, verdict) in jobs.into_iter().zip(verdicts) {
+                for ((sub, reply), verdict) in submissions.into_iter().zip(replies).zip(verdicts) {
                     match &verdict {
                         Ok(a) => {
-                            let total = job.submission.events.len() as u64;
+                            let total = sub.events.len() as u64;
                             stats
                                 .events_stored
                                 .fetch_add(a.new_count, Ordering::Relaxed);
@@ -169,19 +171,21 @@ fn writer_loop(
                                 .duplicates
                                 .fetch_add(total - a.new_count, Ordering::Relaxed);
                             if a.new_count > 0 {
+                                let mut events = sub.events;
+                                let first_new = events.len() - a.new_count as usize;
+                                events.drain(..first_new);
                                 committed.push(Committed {
-                                    node_id: job.submission.node_id.clone(),
-                                    from_seq: a.new_from,
-                                    to_seq: a.new_from + a.new_count - 1,
+                                    node_id: sub.node_id,
+                                    events,
                                 });
                             }
                         }
                         Err(r) => {
                             stats.rejected.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(node = %job.submission.node_id, "batch rejected: {r:?}");
+                            tracing::warn!(node = %sub.node_id, "batch rejected: {r:?}");
                         }
                     }
-                    let _ = job.reply.send(verdict);
+                    let _ = reply.send(verdict);
                 }
                 if !committed.is_empty() {
                     let _ = commits.send(Arc::new(committed));
@@ -189,10 +193,8 @@ fn writer_loop(
             }
             Err(err) => {
                 tracing::error!("commit failed, nothing acknowledged: {err}");
-                for job in jobs {
-                    let _ = job
-                        .reply
-                        .send(Err(Rejection::Internal(store_error_text(&err))));
+                for reply in replies {
+                    let _ = reply.send(Err(Rejection::Internal(store_error_text(&err))));
                 }
             }
         }

@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use sx_aggregator::cli::{self, ApiArgs};
 use sx_aggregator::config::Config;
 
 /// The Souverix regional aggregator: verified ingest of node twin events over
@@ -40,7 +41,14 @@ enum Command {
         /// Region this aggregator serves.
         #[arg(long)]
         region: Option<String>,
+        /// Desired-state declaration (TOML or JSON) to load at start.
+        #[arg(long)]
+        desired: Option<PathBuf>,
     },
+    /// Import air-gapped bundle files: verify them and commit their events
+    /// exactly as QUIC ingest does; write receipts for the nodes. Works on
+    /// a stopped aggregator's store, or through a running one's API.
+    ImportBundle(sx_aggregator::bundle::ImportArgs),
     /// Show every node's sync state (acked seq, last sync, backlog, RTT,
     /// connection) from a running aggregator's API.
     Status {
@@ -50,6 +58,67 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Fleet summary: nodes, events, connectivity spectrum, drift, lifecycle,
+    /// refusals (API `/api/v1/fleet`).
+    Fleet(ApiArgs),
+    /// List twins, filtered and paginated (API `/api/v1/twins`).
+    Twins {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(flatten)]
+        filter: sx_aggregator::cli::TwinFilterArgs,
+    },
+    /// One node's twin, now or as of a time (API `/api/v1/twins/{node}`).
+    Twin {
+        node: String,
+        /// RFC 3339 time: the twin as it was then.
+        #[arg(long)]
+        at: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Drift per group, or of one node (API `/api/v1/drift`,
+    /// `/api/v1/twins/{node}/drift`).
+    Drift {
+        /// Grouping: node, cluster, zone, region, global.
+        #[arg(long)]
+        by: Option<String>,
+        /// One node's drift analysis instead.
+        #[arg(long, conflicts_with = "by")]
+        node: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// A node's connectivity ledger (API `/api/v1/twins/{node}/ledger`).
+    Ledger {
+        node: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// A node's trust and SBOM index (API `/api/v1/twins/{node}/trust`).
+    Trust {
+        node: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// A node's neighbours in the fleet graph (API
+    /// `/api/v1/graph/neighbours/{node}`).
+    Neighbours {
+        node: String,
+        /// Only links of this type: signaling, media, control, bypass.
+        #[arg(long = "type")]
+        link_type: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Which nodes lose every path to a cluster if a node or a zone goes
+    /// dark (API `/api/v1/graph/impact`).
+    Impact {
+        #[command(flatten)]
+        outage: sx_aggregator::cli::ImpactArgs,
+        #[command(flatten)]
+        api: ApiArgs,
     },
 }
 
@@ -74,7 +143,11 @@ fn main() -> Result<()> {
             pki_dir,
             name,
             region,
+            desired,
         } => {
+            if let Some(v) = desired {
+                config.aggregator.desired = Some(v);
+            }
             if let Some(v) = data_dir {
                 config.aggregator.data_dir = v;
             }
@@ -109,6 +182,19 @@ fn main() -> Result<()> {
             })
         }
         Command::Status { api, json } => sx_aggregator::cli::status(&api, json),
+        Command::Fleet(api) => cli::fleet(&api),
+        Command::Twins { api, filter } => cli::twins(&api, &filter),
+        Command::Twin { node, at, api } => cli::twin(&api, &node, at.as_deref()),
+        Command::Drift { by, node, api } => cli::drift(&api, by.as_deref(), node.as_deref()),
+        Command::Ledger { node, api } => cli::ledger(&api, &node),
+        Command::Trust { node, api } => cli::trust(&api, &node),
+        Command::Neighbours {
+            node,
+            link_type,
+            api,
+        } => cli::neighbours(&api, &node, link_type.as_deref()),
+        Command::Impact { outage, api } => cli::impact(&api, &outage),
+        Command::ImportBundle(args) => sx_aggregator::bundle::run_cli(config, args),
     }
 }
 

@@ -72,6 +72,7 @@ impl Refusals {
 pub struct Shared {
     pub config: Config,
     pub store: Arc<dyn EventStore>,
+    pub projections: Arc<crate::projection::service::Projections>,
     pub ingest: Ingest,
     pub sync: SyncTable,
     pub refusals: Refusals,
@@ -109,6 +110,21 @@ pub async fn run(
             ..GroupCommit::default()
         },
     );
+    let (projections, startup) = crate::projection::service::Projections::open(
+        store.clone(),
+        &config.aggregator.data_dir.join("projections.snapshot"),
+    )
+    .context("loading the projections")?;
+    tracing::info!(
+        from_snapshot = startup.from_snapshot,
+        tail_events = startup.tail_events,
+        nodes = startup.nodes,
+        "projections ready"
+    );
+    let projections = Arc::new(projections);
+    if let Some(path) = &config.aggregator.desired {
+        load_desired(&projections, path)?;
+    }
     let files = config.tls_files();
     let idle = std::time::Duration::from_secs(config.ingest.idle_timeout.as_secs().max(1));
     let server_config = crate::tls::quic_server_config(
@@ -127,9 +143,11 @@ pub async fn run(
         .await
         .with_context(|| format!("binding the API on {}", config.aggregator.api_listen))?;
     let api_addr = api_listener.local_addr()?;
+    let follower = projections.clone().follow(&ingest);
     let shared = Arc::new(Shared {
         config,
         store,
+        projections: projections.clone(),
         ingest,
         sync: SyncTable::default(),
         refusals: Refusals::default(),
@@ -144,6 +162,7 @@ pub async fn run(
     }
     let crl_watch = tokio::spawn(watch_crl(endpoint.clone(), shared.clone(), files, idle));
     let api = tokio::spawn(crate::api::serve(api_listener, shared.clone()));
+    let snapshots = tokio::spawn(snapshot_loop(projections.clone()));
     let accept = accept_loop(endpoint.clone(), shared.clone());
     tokio::select! {
         _ = accept => {},
@@ -152,7 +171,50 @@ pub async fn run(
     endpoint.close(quinn::VarInt::from_u32(0), b"aggregator shutting down");
     api.abort();
     crl_watch.abort();
+    snapshots.abort();
     endpoint.wait_idle().await;
+    follower.abort();
+    projections
+        .catch_up()
+        .context("final projection catch-up")?;
+    projections
+        .save_snapshot()
+        .context("saving the projection snapshot")?;
+    Ok(())
+}
+
+/// Saves a projection snapshot every minute, so a restart replays only the
+/// tail.
+async fn snapshot_loop(projections: Arc<crate::projection::service::Projections>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        let p = projections.clone();
+        match tokio::task::spawn_blocking(move || p.save_snapshot()).await {
+            Ok(Ok(bytes)) => tracing::debug!(bytes, "projection snapshot saved"),
+            Ok(Err(e)) => tracing::warn!("projection snapshot failed: {e}"),
+            Err(e) => tracing::warn!("projection snapshot task failed: {e}"),
+        }
+    }
+}
+
+/// Loads a desired-state declaration (TOML or JSON) and records it as a
+/// change when it differs from the current one.
+pub fn load_desired(
+    projections: &crate::projection::service::Projections,
+    path: &std::path::Path,
+) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let spec: sx_common::desired::DesiredSpec = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+    } else {
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+    };
+    if projections.read(|e| e.desired() != &spec) {
+        let by = format!("file:{}", path.display());
+        projections.change_desired(&by, sx_common::desired::DesiredChangeKind::Replace { spec })?;
+        tracing::info!("desired state loaded from {}", path.display());
+    }
     Ok(())
 }
 
@@ -336,21 +398,29 @@ async fn drive_session(
         while let Some(ev) = session.poll_event() {
             match ev {
                 AggregatorEvent::Hello { agent_head, .. } => {
-                    shared.sync.agent_head(node, agent_head);
+                    let acked = shared.store.head(node).map_or(0, |h| h.seq);
+                    shared
+                        .sync
+                        .agent_head(node, agent_head, acked, Timestamp::now());
+                    let desired = shared.projections.read(|e| {
+                        e.node(node).map(|v| {
+                            e.desired()
+                                .resolve(&sx_common::desired::NodePlace::of(&v.twin))
+                        })
+                    });
                     match shared.store.head(node) {
-                        Ok(head) => session.resume(head, None),
+                        Ok(head) => session.resume(head, desired),
                         Err(e) => session.rejected(Rejection::Internal(e.to_string())),
                     }
                 }
                 AggregatorEvent::Submit { events, checkpoint } => {
                     if let Some(last) = events.last() {
-                        shared.sync.agent_head(
-                            node,
-                            sx_common::ChainHead {
-                                seq: last.event.seq,
-                                hash: last.hash,
-                            },
-                        );
+                        let head = sx_common::ChainHead {
+                            seq: last.event.seq,
+                            hash: last.hash,
+                        };
+                        let acked = session.durable().seq;
+                        shared.sync.agent_head(node, head, acked, Timestamp::now());
                     }
                     let sub = Submission {
                         node_id: node.to_owned(),
@@ -367,7 +437,10 @@ async fn drive_session(
                     }
                 }
                 AggregatorEvent::Heartbeat { agent_head, rtt_ms } => {
-                    shared.sync.agent_head(node, agent_head);
+                    let acked = session.durable().seq;
+                    shared
+                        .sync
+                        .agent_head(node, agent_head, acked, Timestamp::now());
                     shared.sync.rtt(node, rtt_ms);
                 }
                 AggregatorEvent::Closed(end) => {
@@ -407,7 +480,10 @@ async fn drive_session(
             verdict = async { pending.front_mut().expect("guarded").await }, if !pending.is_empty() => {
                 pending.pop_front();
                 match verdict {
-                    Ok(Ok(admitted)) => session.committed(admitted.head),
+                    Ok(Ok(admitted)) => {
+                        shared.sync.acked(node, admitted.head.seq);
+                        session.committed(admitted.head)
+                    }
                     Ok(Err(rejection)) => session.rejected(rejection),
                     Err(_) => session.rejected(Rejection::Internal("writer stopped".into())),
                 }

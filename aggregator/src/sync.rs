@@ -34,11 +34,15 @@ pub struct NodeSync {
     pub connection: Connection,
     /// Time since the last sync, at the moment of the query.
     pub sync_debt: Span,
+    /// Age of the oldest event known to wait on the node.
+    pub oldest_unreceived: Span,
 }
 
 #[derive(Clone, Debug, Default)]
 struct Observed {
     agent_head: u64,
+    /// When the aggregator first learned of events it does not hold.
+    backlog_since: Option<Timestamp>,
     rtt_ms: Option<u32>,
     connection: Option<Connection>,
 }
@@ -67,8 +71,46 @@ impl SyncTable {
         });
     }
 
-    pub fn agent_head(&self, node: &str, head: ChainHead) {
-        self.with(node, |o| o.agent_head = o.agent_head.max(head.seq));
+    /// The agent reported its head; `acked` is the durable head now.
+    pub fn agent_head(&self, node: &str, head: ChainHead, acked: u64, now: Timestamp) {
+        self.with(node, |o| {
+            o.agent_head = o.agent_head.max(head.seq);
+            if o.agent_head > acked {
+                o.backlog_since.get_or_insert(now);
+            } else {
+                o.backlog_since = None;
+            }
+        });
+    }
+
+    /// Events up to `acked` are durable: clear the backlog age if caught up.
+    pub fn acked(&self, node: &str, acked: u64) {
+        self.with(node, |o| {
+            if o.agent_head <= acked {
+                o.backlog_since = None;
+            }
+        });
+    }
+
+    /// The observations the projection views take, per node.
+    pub fn observed(
+        &self,
+        records: &[crate::store::NodeRecord],
+    ) -> std::collections::HashMap<String, crate::projection::views::Observed> {
+        let map = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        records
+            .iter()
+            .map(|r| {
+                let o = map.get(&r.node_id).cloned().unwrap_or_default();
+                let view = crate::projection::views::Observed {
+                    last_sync: r.last_sync,
+                    backlog: o.agent_head.saturating_sub(r.head.seq),
+                    backlog_since: o.backlog_since.filter(|_| o.agent_head > r.head.seq),
+                    connected: matches!(o.connection, Some(Connection::Connected { .. })),
+                };
+                (r.node_id.clone(), view)
+            })
+            .collect()
     }
 
     pub fn rtt(&self, node: &str, rtt_ms: Option<u32>) {
@@ -96,6 +138,10 @@ impl SyncTable {
                     rtt_ms: o.rtt_ms,
                     connection: o.connection.unwrap_or(Connection::Never),
                     sync_debt: r.last_sync.map_or(Span::ZERO, |s| now.since(s)),
+                    oldest_unreceived: o
+                        .backlog_since
+                        .filter(|_| agent_head > r.head.seq)
+                        .map_or(Span::ZERO, |t| now.since(t)),
                 }
             })
             .collect()

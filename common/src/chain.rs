@@ -115,6 +115,13 @@ impl SealedEvent {
     /// of exactly those bytes.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, crate::codec::DecodeError> {
         let event: Event = crate::codec::decode_exact(&bytes)?;
+        // Only the canonical encoding is accepted, so an event has exactly
+        // one byte form and one hash.
+        if canonical_bytes(&event) != bytes {
+            return Err(crate::codec::DecodeError::Malformed(
+                "event bytes are not in canonical form".into(),
+            ));
+        }
         let hash = event_hash(&event.prev_hash, &bytes);
         Ok(SealedEvent { event, bytes, hash })
     }

@@ -13,11 +13,14 @@
 //!   verifier every ingest path uses.
 //! - [`codec`]: bounded, versioned decoding of untrusted bytes.
 //! - [`ledger`]: the connectivity ledger.
+//! - [`bundle`]: air-gapped bundle and receipt files (build, decode, verify).
 
+pub mod bundle;
 mod bytes;
 pub mod chain;
 pub mod codec;
 pub mod connectivity;
+pub mod desired;
 pub mod event;
 pub mod fold;
 pub mod ledger;

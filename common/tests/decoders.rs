@@ -339,9 +339,8 @@ fn input_over_one_mebibyte_is_oversized_whatever_it_holds() {
 ///
 /// postcard accepts over-long varints (`0x85 0x00` for 5), so
 /// `SealedEvent::from_bytes` must compare the bytes with `canonical_bytes`
-/// of what it decoded. It does not yet; see the report to the lead.
+/// of what it decoded.
 #[test]
-#[ignore = "SealedEvent::from_bytes accepts non-canonical (over-long varint) encodings"]
 fn only_canonical_bytes_are_accepted() {
     let event = Event {
         node_id: NODE.into(),

@@ -391,3 +391,137 @@ pub fn stored_stream(data_dir: &Path, node: &str) -> Result<StoredStream> {
     }
     Ok(StoredStream { events })
 }
+
+pub mod rogue;
+
+/// Every event a stopped agent's journal holds, in seq order.
+pub fn journal_events(data_dir: &Path) -> Result<Vec<sx_common::SealedEvent>> {
+    use sx_agent::journal::Journal;
+    let journal = sx_agent::journal::DataDir::new(data_dir).open_journal()?;
+    let mut next = journal.marks().first_held_seq.max(1);
+    let mut events = Vec::new();
+    loop {
+        let chunk = journal.read_range(next, 10_000)?;
+        let Some(last) = chunk.last() else { break };
+        next = last.event.seq + 1;
+        events.extend(chunk);
+    }
+    journal.close()?;
+    Ok(events)
+}
+
+/// The durable head of `node` in a stopped aggregator's store, read straight
+/// from its redb file (after a SIGKILL this is what survived).
+pub fn store_head(data_dir: &Path, node: &str) -> Result<sx_common::ChainHead> {
+    use sx_aggregator::store::EventStore;
+    let store = sx_aggregator::store::RedbStore::open(data_dir.join("events.redb"))?;
+    Ok(store.head(node)?)
+}
+
+/// Asserts that the aggregator stored exactly the agent's journal for
+/// `node`: the same events (by hash), once each, in order, chained, and
+/// nothing of any other node in that stream. Both processes must be stopped.
+/// Returns the number of events.
+pub fn assert_stream_matches_journal(
+    aggregator_dir: &Path,
+    agent_dir: &Path,
+    node: &str,
+) -> Result<u64> {
+    let stored = stored_stream(aggregator_dir, node)?;
+    let journal = journal_events(agent_dir)?;
+    if let Some(e) = stored.events.iter().find(|e| e.event.node_id != node) {
+        bail!(
+            "the stream of {node} holds an event of {} (seq {})",
+            e.event.node_id,
+            e.event.seq
+        );
+    }
+    if stored.events.len() != journal.len() {
+        bail!(
+            "{node}: the aggregator holds {} events, the journal {}",
+            stored.events.len(),
+            journal.len()
+        );
+    }
+    for (s, j) in stored.events.iter().zip(&journal) {
+        if s.event.seq != j.event.seq || s.hash != j.hash || s.bytes != j.bytes {
+            bail!(
+                "{node}: stored seq {} ({:?}) differs from the journal's seq {} ({:?})",
+                s.event.seq,
+                s.hash,
+                j.event.seq,
+                j.hash
+            );
+        }
+    }
+    Ok(stored.events.len() as u64)
+}
+
+impl AggregatorProcess {
+    /// The durable head (`acked_seq`) the API reports for `node`, 0 if the
+    /// node is unknown.
+    pub fn acked_seq(&self, node: &str) -> Result<u64> {
+        Ok(self
+            .node_status(node)?
+            .and_then(|n| n["acked_seq"].as_u64())
+            .unwrap_or(0))
+    }
+
+    /// `GET /api/v1/refusals`.
+    pub fn refusals(&self) -> Result<Vec<serde_json::Value>> {
+        let v = get_json(self.api, "/api/v1/refusals")?;
+        Ok(v.as_array().cloned().unwrap_or_default())
+    }
+
+    /// The status count of refusals with `reason`.
+    pub fn refusal_count(&self, reason: &str) -> Result<u64> {
+        Ok(self.status()?["refusals"][reason].as_u64().unwrap_or(0))
+    }
+
+    /// Waits until `node` is fully synced and quiet: connected, the
+    /// agent's reported head equals the durable head, no backlog, and
+    /// nothing moved for a little longer than the test heartbeat (so no
+    /// event is still on its way). Returns the durable head seq.
+    pub fn wait_synced(&self, node: &str, timeout: Duration) -> Result<u64> {
+        self.wait_synced_after(node, sx_common::Timestamp::EPOCH, timeout)
+    }
+
+    /// [`wait_synced`](Self::wait_synced) over a connection made after
+    /// `after` (so the state of an earlier, killed agent's connection,
+    /// which the aggregator only drops at its idle timeout, does not count).
+    pub fn wait_synced_after(
+        &self,
+        node: &str,
+        after: sx_common::Timestamp,
+        timeout: Duration,
+    ) -> Result<u64> {
+        let mut last: Option<u64> = None;
+        wait_for(timeout, &format!("{node} synced and quiet"), || {
+            let n = self.node_status(node).ok()??;
+            let acked = n["acked_seq"].as_u64()?;
+            let since = n["connection"]["since"]
+                .as_str()
+                .and_then(|t| sx_common::Timestamp::parse(t).ok())?;
+            let synced = acked > 0
+                && n["backlog"] == 0
+                && n["agent_head_seq"].as_u64()? == acked
+                && n["connection"]["state"] == "connected"
+                && since > after;
+            let stable = synced && last == Some(acked);
+            last = synced.then_some(acked);
+            if stable {
+                return Some(acked);
+            }
+            std::thread::sleep(Duration::from_millis(400));
+            None
+        })
+    }
+}
+
+/// The last `lines` lines of a process log (`<data dir>.log`), for failure
+/// messages.
+pub fn log_tail(data_dir: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

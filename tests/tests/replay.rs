@@ -63,15 +63,24 @@ fn backlog_replays_exactly_once_when_the_aggregator_appears() -> Result<()> {
     })?;
     agent.stop()?;
     let after = agent_status(&data)?;
-    let tail = agent_cmd(&data, &["log", "--from", &(head_before + 1).to_string(), "--json"])?;
+    let tail = agent_cmd(
+        &data,
+        &["log", "--from", &(head_before + 1).to_string(), "--json"],
+    )?;
     let log = std::fs::read_to_string(data.with_extension("log")).unwrap_or_default();
-    assert_eq!(after["backlog"], 0, "agent still has a backlog: {after}\n{tail}\n{log}");
+    assert_eq!(
+        after["backlog"], 0,
+        "agent still has a backlog: {after}\n{tail}\n{log}"
+    );
     drop(aggregator);
 
     let stored = stored_stream(&aggregator_dir, &node.node_id)?;
     let head_after = after["head_seq"].as_u64().expect("head");
     assert_eq!(stored.events.len() as u64, head_after, "every event once");
-    assert_eq!(synced, head_after, "nothing recorded after the sync completed");
+    assert_eq!(
+        synced, head_after,
+        "nothing recorded after the sync completed"
+    );
     // The agent's own account of connectivity, as stored at the aggregator.
     let states: Vec<ConnectivityState> = stored
         .events

@@ -51,13 +51,13 @@ pub enum DataDirError {
     NotInitialised { dir: PathBuf },
     #[error("{dir} is already initialised (use --force to replace its identity and journal)")]
     AlreadyInitialised { dir: PathBuf },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Pki {
         path: PathBuf,
         #[source]

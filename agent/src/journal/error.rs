@@ -5,27 +5,31 @@ use sx_common::{Digest, VerifyError};
 
 /// Why a [`Journal`](super::Journal) operation failed. A failed write
 /// changed nothing: neither the file nor the in-memory head.
+///
+/// Variants wrapping a cause expose it as [`std::error::Error::source`]
+/// and do not repeat it in their own message: print the whole chain
+/// (`{:#}` through `anyhow`, or walk `source()`).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum JournalError {
     /// The redb file could not be created or opened (I/O, already open by
     /// another process, needs an upgrade, ...).
-    #[error("journal database: {0}")]
+    #[error("journal database")]
     Database(#[from] redb::DatabaseError),
     /// A read or write transaction could not begin.
-    #[error("journal transaction: {0}")]
+    #[error("journal transaction")]
     Transaction(#[from] redb::TransactionError),
     /// A table could not be opened (missing, or of another type).
-    #[error("journal table: {0}")]
+    #[error("journal table")]
     Table(#[from] redb::TableError),
     /// Reading or writing the file failed.
-    #[error("journal storage: {0}")]
+    #[error("journal storage")]
     Storage(#[from] redb::StorageError),
     /// The durable commit failed; the transaction's writes are not stored.
-    #[error("journal commit: {0}")]
+    #[error("journal commit")]
     Commit(#[from] redb::CommitError),
     /// A stored event's bytes do not decode.
-    #[error("stored event at seq {seq} does not decode: {source}")]
+    #[error("stored event at seq {seq} does not decode")]
     Decode {
         seq: u64,
         #[source]
@@ -33,7 +37,7 @@ pub enum JournalError {
     },
     /// The stored chain does not verify. `seq` is the checkpoint (or event)
     /// closing the segment that failed; `source` says exactly what is wrong.
-    #[error("journal does not verify at seq {seq}: {source}")]
+    #[error("journal does not verify at seq {seq}")]
     Verify {
         seq: u64,
         #[source]
@@ -65,7 +69,7 @@ pub enum JournalError {
     CorruptCheckpoint { seq: u64, len: usize },
     /// An event could not be encoded (never happens for well-formed
     /// payloads; reported rather than stored wrong).
-    #[error("event does not encode: {0}")]
+    #[error("event does not encode")]
     Encode(#[source] postcard::Error),
     /// An append with no events: a checkpoint covers at least one.
     #[error("nothing to append")]

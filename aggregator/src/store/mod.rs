@@ -135,4 +135,19 @@ pub trait EventStore: Send + Sync {
 
     /// Total number of events held.
     fn event_count(&self) -> Result<u64, StoreError>;
+
+    /// Durably records a desired-state change (the aggregator's own event
+    /// stream) and returns it with its seq.
+    fn append_desired(
+        &self,
+        at: Timestamp,
+        by: &str,
+        change: sx_common::desired::DesiredChangeKind,
+    ) -> Result<sx_common::desired::DesiredChange, StoreError>;
+
+    /// Desired-state changes with seq above `after`, in order.
+    fn desired_changes(
+        &self,
+        after: u64,
+    ) -> Result<Vec<sx_common::desired::DesiredChange>, StoreError>;
 }

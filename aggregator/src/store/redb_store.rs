@@ -17,6 +17,7 @@ use sx_common::protocol::{Rejection, admit_batch};
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const EVENTS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("events");
 const FORKS: TableDefinition<(u32, u64, u64), &[u8]> = TableDefinition::new("forks");
+const DESIRED: TableDefinition<u64, &[u8]> = TableDefinition::new("desired");
 
 /// Verdicts per submission, and the node records the transaction changed.
 type AppendResult = (
@@ -40,6 +41,7 @@ impl RedbStore {
         txn.open_table(NODES)?;
         txn.open_table(EVENTS)?;
         txn.open_table(FORKS)?;
+        txn.open_table(DESIRED)?;
         txn.commit()?;
         let store = RedbStore {
             db,
@@ -288,5 +290,51 @@ impl EventStore for RedbStore {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(EVENTS)?;
         Ok(table.len()?)
+    }
+
+    fn append_desired(
+        &self,
+        at: sx_common::time::Timestamp,
+        by: &str,
+        change: sx_common::desired::DesiredChangeKind,
+    ) -> Result<sx_common::desired::DesiredChange, StoreError> {
+        let txn = self.db.begin_write()?;
+        let record = {
+            let mut table = txn.open_table(DESIRED)?;
+            let seq = table.last()?.map_or(0, |(k, _)| k.value()) + 1;
+            let record = sx_common::desired::DesiredChange {
+                seq,
+                at,
+                by: by.to_owned(),
+                change,
+            };
+            let bytes = postcard::to_allocvec(&record).unwrap_or_default();
+            table.insert(seq, bytes.as_slice())?;
+            record
+        };
+        txn.commit()?;
+        Ok(record)
+    }
+
+    fn desired_changes(
+        &self,
+        after: u64,
+    ) -> Result<Vec<sx_common::desired::DesiredChange>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DESIRED)?;
+        let mut out = Vec::new();
+        for row in table.range(after.saturating_add(1)..)? {
+            let (k, v) = row?;
+            let seq = k.value();
+            let change = sx_common::codec::decode_exact(v.value()).map_err(|source| {
+                StoreError::Corrupt {
+                    node: String::from("(desired state)"),
+                    seq,
+                    source,
+                }
+            })?;
+            out.push(change);
+        }
+        Ok(out)
     }
 }

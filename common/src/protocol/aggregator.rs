@@ -260,12 +260,10 @@ impl AggregatorSession {
         if let Some(last) = events.last()
             && last.event.seq > self.agent_head.seq
         {
-            {
-                self.agent_head = ChainHead {
-                    seq: last.event.seq,
-                    hash: last.hash,
-                };
-            }
+            self.agent_head = ChainHead {
+                seq: last.event.seq,
+                hash: last.hash,
+            };
         }
         self.events
             .push_back(AggregatorEvent::Submit { events, checkpoint });

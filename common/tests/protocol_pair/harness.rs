@@ -13,17 +13,19 @@
 //!   gets through, not even a close). Filters drop chosen messages exactly.
 //! - **The agent driver** keeps the journal (`Vec<SealedEvent>`, node
 //!   [`NODE`], key [`KEY_SEED`]), answers `NeedBatch` from it with a real
-//!   signed checkpoint, and [`Pair::append`] grows it live.
+//!   signed checkpoint (at once, or after a random read delay, as a journal
+//!   read off the event loop), and [`Pair::append`] grows it live.
 //! - **The aggregator driver** keeps the store: `events[..durable_len]` is
 //!   durable, the rest is staged behind a FIFO of pending commits with
 //!   random delays. A batch is admitted with [`admit_batch`] against the
 //!   staged head and acknowledged (`committed`) only when its commit is
-//!   durable. [`Pair::cut`] is a crash (the connection dies and pending
+//!   durable; a rejection is answered at once, before pending commits (the
+//!   session must not rely on its driver delaying it). [`Pair::cut`] is a crash (the connection dies and pending
 //!   commits are lost, committed events never); [`Pair::disconnect`] kills
 //!   only the connection (pending commits still complete later).
 //! - **Connections** end when a session closes (its peer learns it after
 //!   the frames already sent, unless the link is silent), on a decode error,
-//!   or on a cut; with `reconnect_after` set a fresh pair of sessions is made
+//!   or on a cut; with `reconnect_after_us` set a fresh pair of sessions is made
 //!   after a random delay, as a real reconnect.
 //!
 //! The safety invariants are checked on every step and panic with the seed:
@@ -41,7 +43,7 @@ use sx_common::codec::DecodeError;
 use sx_common::event::{Event, EventPayload, ReplayStarted};
 use sx_common::protocol::{
     AgentConfig, AgentEvent, AgentSession, AggregatorConfig, AggregatorEvent, AggregatorSession,
-    SessionEnd, admit_batch,
+    Rejection, SessionEnd, admit_batch,
 };
 use sx_common::time::Timestamp;
 use sx_common::wire::{self, AgentMessage, AggregatorMessage, FrameDecoder, RefusalCode};
@@ -92,6 +94,10 @@ pub struct Setup {
     /// and never before an earlier one (one writer, FIFO). `(0, 0)` commits
     /// inside the `Submit` handler.
     pub commit_delay_us: (i64, i64),
+    /// The agent's driver answers `NeedBatch` this long (uniform) after it
+    /// was asked, as a journal read off the event loop would; `(0, 0)`
+    /// answers inside the event handler.
+    pub journal_read_us: (i64, i64),
     /// Reconnect this long (uniform) after a connection ends; `None`: stay
     /// disconnected until [`Pair::connect`].
     pub reconnect_after_us: Option<(i64, i64)>,
@@ -117,6 +123,7 @@ impl Setup {
             },
             faults: LinkFaults::clean(5 * MS),
             commit_delay_us: (0, 0),
+            journal_read_us: (0, 0),
             reconnect_after_us: None,
             record: true,
         }
@@ -206,6 +213,26 @@ pub struct Stats {
     pub acks_sent: u64,
     pub commits: u64,
     pub lost_commits: u64,
+}
+
+impl Stats {
+    /// Adds `other`'s counts (maxima for maxima).
+    pub fn add(&mut self, other: &Stats) {
+        self.connections += other.connections;
+        self.crashes += other.crashes;
+        self.frames_sent += other.frames_sent;
+        self.frames_dropped += other.frames_dropped;
+        self.frames_duplicated += other.frames_duplicated;
+        self.batches_sent += other.batches_sent;
+        self.max_in_flight = self.max_in_flight.max(other.max_in_flight);
+        self.submits += other.submits;
+        self.duplicate_submits += other.duplicate_submits;
+        self.rejected_ahead += other.rejected_ahead;
+        self.rewinds_sent += other.rewinds_sent;
+        self.acks_sent += other.acks_sent;
+        self.commits += other.commits;
+        self.lost_commits += other.lost_commits;
+    }
 }
 
 /// The aggregator's store for the one node: `events[..durable_len]` is
@@ -305,6 +332,8 @@ struct Conn {
     close_sent: (bool, bool),
     /// Last `Resumed`/`Acked` head the agent session reported.
     acked: ChainHead,
+    /// `NeedBatch` requests being read from the journal: `(due, from, max)`.
+    reads: VecDeque<(Timestamp, u64, usize)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -313,6 +342,7 @@ enum Action {
     // then timers.
     Reconnect,
     Commit,
+    JournalRead,
     DeliverToAggregator,
     DeliverToAgent,
     AgentTimer,
@@ -412,10 +442,6 @@ impl Pair {
         &self.key
     }
 
-    pub fn rng(&mut self) -> &mut StdRng {
-        &mut self.rng
-    }
-
     pub fn is_connected(&self) -> bool {
         self.conn.is_some()
     }
@@ -493,10 +519,10 @@ impl Pair {
                 self.journal_head()
             ));
         }
-        if let Some(agent) = self.agent() {
-            if agent.acked() != self.journal_head() {
-                self.fail("the live session's acked differs from the journal head");
-            }
+        if let Some(agent) = self.agent()
+            && agent.acked() != self.journal_head()
+        {
+            self.fail("the live session's acked differs from the journal head");
         }
     }
 
@@ -531,6 +557,7 @@ impl Pair {
             agent_end: None,
             aggregator_end: None,
             close_sent: (false, false),
+            reads: VecDeque::new(),
             acked: ChainHead::default(),
         });
         self.flush();
@@ -578,10 +605,10 @@ impl Pair {
             }));
         }
         let head = self.journal_head();
-        if let Some(conn) = self.conn.as_mut() {
-            if conn.agent_end.is_none() {
-                conn.agent.local_append(head);
-            }
+        if let Some(conn) = self.conn.as_mut()
+            && conn.agent_end.is_none()
+        {
+            conn.agent.local_append(head);
         }
         self.flush();
     }
@@ -661,21 +688,24 @@ impl Pair {
             candidates.push((p.at, Action::Commit));
         }
         if let Some(conn) = &self.conn {
+            if let Some(&(at, _, _)) = conn.reads.front() {
+                candidates.push((at, Action::JournalRead));
+            }
             if let Some(at) = conn.to_aggregator.next_at() {
                 candidates.push((at, Action::DeliverToAggregator));
             }
             if let Some(at) = conn.to_agent.next_at() {
                 candidates.push((at, Action::DeliverToAgent));
             }
-            if conn.agent_end.is_none() {
-                if let Some(at) = conn.agent.poll_timeout() {
-                    candidates.push((at, Action::AgentTimer));
-                }
+            if conn.agent_end.is_none()
+                && let Some(at) = conn.agent.poll_timeout()
+            {
+                candidates.push((at, Action::AgentTimer));
             }
-            if conn.aggregator_end.is_none() {
-                if let Some(at) = conn.aggregator.poll_timeout() {
-                    candidates.push((at, Action::AggregatorTimer));
-                }
+            if conn.aggregator_end.is_none()
+                && let Some(at) = conn.aggregator.poll_timeout()
+            {
+                candidates.push((at, Action::AggregatorTimer));
             }
         }
         candidates.into_iter().min()
@@ -685,6 +715,14 @@ impl Pair {
         match action {
             Action::Reconnect => self.connect(),
             Action::Commit => self.commit_front(),
+            Action::JournalRead => {
+                if let Some(mut conn) = self.conn.take() {
+                    if let Some((_, from, max)) = conn.reads.pop_front() {
+                        self.answer_need_batch(&mut conn, from, max);
+                    }
+                    self.conn = Some(conn);
+                }
+            }
             Action::DeliverToAggregator => self.deliver(Side::Aggregator),
             Action::DeliverToAgent => self.deliver(Side::Agent),
             Action::AgentTimer => {
@@ -711,10 +749,10 @@ impl Pair {
         self.stats.commits += 1;
         let (conn_id, head) = p.ack;
         self.check_durable(head, "committed() head");
-        if let Some(conn) = self.conn.as_mut() {
-            if conn.id == conn_id {
-                conn.aggregator.committed(head);
-            }
+        if let Some(conn) = self.conn.as_mut()
+            && conn.id == conn_id
+        {
+            conn.aggregator.committed(head);
         }
     }
 
@@ -891,18 +929,15 @@ impl Pair {
                         "NeedBatch from {from} max {max}, journal ends at {len}"
                     ));
                 }
-                let start = (from - 1) as usize;
-                let end = (start + max).min(self.journal.len());
-                let batch = &self.journal[start..end];
-                let last = &batch[batch.len() - 1];
-                let key = &self.key;
-                let checkpoint = self
-                    .checkpoints
-                    .entry(last.event.seq)
-                    .or_insert_with(|| Checkpoint::sign(key, NODE, last.event.seq, last.hash))
-                    .clone();
-                let bytes = batch.iter().map(|e| e.bytes.clone()).collect();
-                conn.agent.send_batch(from, bytes, checkpoint, self.now);
+                let (lo, hi) = self.setup.journal_read_us;
+                let delay = self.rng.gen_range(lo..=hi);
+                if delay == 0 && conn.reads.is_empty() {
+                    self.answer_need_batch(conn, from, max);
+                } else {
+                    let after = conn.reads.back().map_or(self.now, |r| r.0);
+                    let due = Timestamp(self.now.0 + delay).max(after);
+                    conn.reads.push_back((due, from, max));
+                }
             }
             AgentEvent::Resumed { durable, .. } => {
                 if hash_at(&self.journal, durable.seq) != Some(durable.hash) {
@@ -946,6 +981,23 @@ impl Pair {
                 conn.agent_end = Some(end);
             }
         }
+    }
+
+    /// Reads `max` events from `from` and hands them to the session with a
+    /// checkpoint over the last.
+    fn answer_need_batch(&mut self, conn: &mut Conn, from: u64, max: usize) {
+        let start = (from - 1) as usize;
+        let end = (start + max).min(self.journal.len());
+        let batch = &self.journal[start..end];
+        let last = &batch[batch.len() - 1];
+        let key = &self.key;
+        let checkpoint = self
+            .checkpoints
+            .entry(last.event.seq)
+            .or_insert_with(|| Checkpoint::sign(key, NODE, last.event.seq, last.hash))
+            .clone();
+        let bytes = batch.iter().map(|e| e.bytes.clone()).collect();
+        conn.agent.send_batch(from, bytes, checkpoint, self.now);
     }
 
     fn agent_transmit(&mut self, conn: &mut Conn, msg: AgentMessage) {
@@ -1036,7 +1088,9 @@ impl Pair {
                         }
                     }
                     Err(rejection) => {
-                        self.stats.rejected_ahead += 1;
+                        if matches!(rejection, Rejection::AheadOfDurable { .. }) {
+                            self.stats.rejected_ahead += 1;
+                        }
                         conn.aggregator.rejected(rejection);
                     }
                 }

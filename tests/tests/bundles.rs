@@ -1,0 +1,675 @@
+//! Air-gapped sync with real processes: `sx-agent export-bundle`,
+//! `sx-aggregator import-bundle` (on a stopped aggregator's store and
+//! through a running one's API), `sx-agent import-receipt`, and QUIC
+//! afterwards. Bad bundles are refused by cause and change nothing stored.
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use sx_aggregator::store::{EventStore, RedbStore};
+use sx_common::bundle::{BundleHeader, BundleWriter, Compression, decode_bundle};
+use sx_common::chain::{ChainHead, Checkpoint, SealedEvent};
+use sx_common::event::{EventPayload, Note, SyncPath};
+use sx_common::{Event, Timestamp};
+use sx_tests::*;
+
+const AGGREGATOR: &str = "agg-test";
+const REGION: &str = "region-a";
+
+/// A fleet with one aggregator data directory and folders for bundles and
+/// receipts.
+struct Site {
+    fleet: TestFleet,
+    aggregator_dir: PathBuf,
+    bundles: PathBuf,
+    receipts: PathBuf,
+}
+
+impl Site {
+    fn new() -> Result<Self> {
+        let fleet = TestFleet::new()?;
+        let aggregator_dir = fleet.path().join("aggregator");
+        let bundles = fleet.path().join("bundles");
+        let receipts = fleet.path().join("receipts");
+        for d in [&aggregator_dir, &bundles, &receipts] {
+            std::fs::create_dir_all(d)?;
+        }
+        Ok(Site {
+            fleet,
+            aggregator_dir,
+            bundles,
+            receipts,
+        })
+    }
+
+    /// A node of region-a with an initialised agent data directory.
+    fn node(&self, node_id: &str) -> Result<(NodeFiles, PathBuf)> {
+        let node = self
+            .fleet
+            .node(node_id, "souverix-rempart", REGION, "edge-zone-a1")?;
+        let data = self.fleet.agent_dir(&node)?;
+        Ok((node, data))
+    }
+
+    /// `sx-agent export-bundle --json` into the bundle folder as `name`.
+    fn export(&self, data: &Path, name: &str, extra: &[&str]) -> Result<Value> {
+        let out = self.bundles.join(name);
+        let out = out.to_str().context("utf-8 path")?;
+        let mut args = vec!["export-bundle", "--json", "--out", out];
+        args.extend_from_slice(extra);
+        Ok(serde_json::from_str(&agent_cmd(data, &args)?)?)
+    }
+
+    fn bundle(&self, name: &str) -> PathBuf {
+        self.bundles.join(name)
+    }
+
+    /// `sx-aggregator import-bundle --json FILE...`: whether it succeeded,
+    /// and one JSON result per file.
+    fn import(&self, files: &[&Path]) -> Result<(bool, Vec<Value>)> {
+        let out = Command::new(bin("sx-aggregator"))
+            .arg("import-bundle")
+            .arg("--json")
+            .arg("--data-dir")
+            .arg(&self.aggregator_dir)
+            .arg("--pki-dir")
+            .arg(self.fleet.pki_dir())
+            .arg("--name")
+            .arg(AGGREGATOR)
+            .arg("--region")
+            .arg(REGION)
+            .arg("--receipt-dir")
+            .arg(&self.receipts)
+            .args(files)
+            .output()?;
+        let stdout = String::from_utf8(out.stdout)?;
+        let results = stdout
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<Vec<Value>, _>>()
+            .with_context(|| {
+                format!(
+                    "import-bundle printed: {stdout}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })?;
+        if results.len() != files.len() {
+            bail!(
+                "import-bundle printed {} results for {} files: {stdout}\n{}",
+                results.len(),
+                files.len(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok((out.status.success(), results))
+    }
+
+    /// Imports one file that must be refused for `cause`, and checks that
+    /// the store did not change.
+    fn assert_refused(&self, file: &Path, cause: &str) -> Result<()> {
+        let before = snapshot(&self.aggregator_dir)?;
+        let (ok, results) = self.import(&[file])?;
+        let result = &results[0];
+        if ok || result["ok"] != false || result["cause"] != cause {
+            bail!("{} should be refused for {cause}: {result}", file.display());
+        }
+        let after = snapshot(&self.aggregator_dir)?;
+        if before != after {
+            bail!("refused {cause} changed the store: {before:?} -> {after:?}");
+        }
+        Ok(())
+    }
+
+    fn receipt(&self, node: &str, counter: u64) -> PathBuf {
+        self.receipts.join(format!("{node}-{counter}.sxreceipt"))
+    }
+}
+
+/// What a stopped aggregator's store holds, for before/after comparisons.
+#[derive(Debug, PartialEq, Eq)]
+struct StoreSnapshot {
+    events: u64,
+    heads: Vec<(String, ChainHead)>,
+}
+
+fn snapshot(aggregator_dir: &Path) -> Result<StoreSnapshot> {
+    let store = RedbStore::open(aggregator_dir.join("events.redb"))?;
+    Ok(StoreSnapshot {
+        events: store.event_count()?,
+        heads: store
+            .nodes()?
+            .into_iter()
+            .map(|n| (n.node_id, n.head))
+            .collect(),
+    })
+}
+
+/// Every event a stopped agent's journal holds, in seq order.
+fn journal(data: &Path) -> Result<Vec<SealedEvent>> {
+    use sx_agent::journal::Journal;
+    let journal = sx_agent::journal::DataDir::new(data).open_journal()?;
+    let mut next = journal.marks().first_held_seq.max(1);
+    let mut out = Vec::new();
+    loop {
+        let chunk = journal.read_range(next, 10_000)?;
+        let Some(last) = chunk.last() else { break };
+        next = last.event.seq + 1;
+        out.extend(chunk);
+    }
+    journal.close()?;
+    Ok(out)
+}
+
+fn seq(v: &Value, field: &str) -> u64 {
+    v[field].as_u64().unwrap_or(u64::MAX)
+}
+
+/// An air-gapped node records 50,000 events across several exports; the
+/// bundles are imported out of order and some twice; a receipt goes back;
+/// the last bundle goes through a running aggregator's API; then QUIC
+/// delivers the rest. The aggregator ends up with every event exactly once.
+#[test]
+fn air_gapped_node_syncs_by_bundles_out_of_order_then_quic() -> Result<()> {
+    let site = Site::new()?;
+    let (node, data) = site.node("sx-rempart-gap-node-1")?;
+    let id = node.node_id.as_str();
+
+    // Three exports as the journal grows: 1..=12000, 12001..=24000,
+    // 24001..=36000 (init recorded the first two events).
+    fill_journal(&data, 11_998, 1_000)?;
+    let b1 = site.export(&data, "b1.sxbundle", &[])?;
+    fill_journal(&data, 12_000, 1_000)?;
+    let b2 = site.export(&data, "b2.sxbundle", &["--from", "12001"])?;
+    fill_journal(&data, 12_000, 1_000)?;
+    let b3 = site.export(&data, "b3.sxbundle", &["--from", "24001", "--no-compress"])?;
+    for (b, first, last, counter) in [(&b1, 1, 12_000, 1), (&b2, 12_001, 24_000, 2)] {
+        assert_eq!(
+            (seq(b, "first_seq"), seq(b, "last_seq"), seq(b, "counter")),
+            (first, last, counter),
+            "{b}"
+        );
+    }
+    assert_eq!(
+        (seq(&b3, "first_seq"), seq(&b3, "last_seq")),
+        (24_001, 36_000)
+    );
+    assert_eq!(agent_status(&data)?["exported_seq"], 36_000);
+
+    // The latest range first: refused, nothing stored.
+    let (ok, r) = site.import(&[&site.bundle("b3.sxbundle")])?;
+    assert!(!ok);
+    assert_eq!(r[0]["cause"], "missing-events", "{r:?}");
+    assert!(
+        r[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("missing seq 1..24000")),
+        "{r:?}"
+    );
+    assert_eq!(snapshot(&site.aggregator_dir)?.events, 0);
+
+    // The first range, twice: imported, then already held.
+    let before = std::time::SystemTime::now();
+    let (ok, r) = site.import(&[&site.bundle("b1.sxbundle")])?;
+    assert!(ok, "{r:?}");
+    assert_eq!(
+        (r[0]["outcome"].as_str(), seq(&r[0], "new_events")),
+        (Some("imported"), 12_000)
+    );
+    {
+        // Sync debt: the store's last sync is this import, via bundle.
+        let store = RedbStore::open(site.aggregator_dir.join("events.redb"))?;
+        let record = store.node(id)?.context("node known")?;
+        assert_eq!(record.last_sync_via, Some(SyncPath::Bundle));
+        let at = record.last_sync.context("last sync")?;
+        let since = before.duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+        assert!(at.as_secs() >= since && at.as_secs() <= since + 60, "{at}");
+    }
+    let (ok, r) = site.import(&[&site.bundle("b1.sxbundle")])?;
+    assert!(ok, "{r:?}");
+    assert_eq!(
+        (r[0]["outcome"].as_str(), seq(&r[0], "new_events")),
+        (Some("already-held"), 0)
+    );
+    assert_eq!(snapshot(&site.aggregator_dir)?.events, 12_000);
+
+    // The last range before the middle one, in one run: the last is
+    // refused, then retried once the middle one filled the gap.
+    let (ok, r) = site.import(&[&site.bundle("b3.sxbundle"), &site.bundle("b2.sxbundle")])?;
+    assert!(ok, "{r:?}");
+    assert_eq!(seq(&r[0], "new_events"), 12_000, "{r:?}");
+    assert_eq!(seq(&r[1], "new_events"), 12_000, "{r:?}");
+    let (ok, r) = site.import(&[&site.bundle("b2.sxbundle")])?;
+    assert!(ok && r[0]["outcome"] == "already-held", "{r:?}");
+    let snap = snapshot(&site.aggregator_dir)?;
+    assert_eq!(snap.events, 36_000);
+    assert_eq!(snap.heads[0].1.seq, 36_000);
+
+    // The receipt of the newest import goes back: the node may prune.
+    let receipt = site.receipt(id, 3);
+    let applied = agent_cmd(
+        &data,
+        &[
+            "import-receipt",
+            "--json",
+            receipt.to_str().context("utf-8")?,
+        ],
+    )?;
+    let applied: Value = serde_json::from_str(&applied)?;
+    assert_eq!(
+        (applied["applied"].as_bool(), seq(&applied["head"], "seq")),
+        (Some(true), 36_000)
+    );
+    let status = agent_status(&data)?;
+    assert_eq!(status["receipted_seq"], 36_000);
+    // Applying it again changes nothing.
+    let again = agent_cmd(
+        &data,
+        &[
+            "import-receipt",
+            "--json",
+            receipt.to_str().context("utf-8")?,
+        ],
+    )?;
+    assert_eq!(serde_json::from_str::<Value>(&again)?["applied"], false);
+    assert_eq!(agent_status(&data)?["head_seq"], status["head_seq"]);
+    let recorded = journal(&data)?;
+    let sync = recorded
+        .iter()
+        .rev()
+        .find_map(|e| match &e.event.payload {
+            EventPayload::SyncCompleted(s) => Some(s.clone()),
+            _ => None,
+        })
+        .context("sync_completed recorded")?;
+    assert_eq!((sync.acked_seq, sync.via), (36_000, SyncPath::Bundle));
+
+    // More events; the default export starts after the receipted mark.
+    fill_journal(&data, 13_999, 1_000)?;
+    let b4 = site.export(&data, "b4.sxbundle", &[])?;
+    assert_eq!(
+        (seq(&b4, "first_seq"), seq(&b4, "last_seq")),
+        (36_001, 50_001)
+    );
+
+    // The aggregator runs now: import goes through its API.
+    let (quic_port, api_port) = (free_udp_port(), free_tcp_port());
+    let aggregator =
+        AggregatorProcess::start(&site.fleet, &site.aggregator_dir, quic_port, api_port)?;
+    let (ok, r) = site.import(&[&site.bundle("b4.sxbundle"), &site.bundle("b1.sxbundle")])?;
+    let log =
+        || std::fs::read_to_string(site.aggregator_dir.with_extension("log")).unwrap_or_default();
+    assert!(ok, "{r:?}\n{}", log());
+    assert_eq!(seq(&r[0], "new_events"), 14_001);
+    assert_eq!(r[1]["outcome"], "already-held");
+    let n = aggregator.node_status(id)?.context("node status")?;
+    assert_eq!(n["acked_seq"], 50_001, "{n}");
+    assert_eq!(n["last_sync_via"], "bundle", "{n}");
+    assert!(
+        n["last_sync"].is_string() && n["sync_debt"].is_string(),
+        "{n}"
+    );
+
+    // Finally the node reaches the aggregator over QUIC with the rest.
+    fill_journal(&data, 1_000, 500)?;
+    let config = site.fleet.agent_config("gap", aggregator.quic, "")?;
+    let mut agent = AgentProcess::start(&data, &config)?;
+    // Synced and quiet: the node's own sync_completed is stored, its head
+    // is the durable head, and nothing moves for a while.
+    let mut last = None;
+    let head = wait_for(Duration::from_secs(90), "QUIC delivers the rest", || {
+        let n = aggregator.node_status(id).ok()??;
+        let acked = n["acked_seq"].as_u64()?;
+        let path = format!("/api/v1/nodes/{id}/events?from=51002");
+        let events = get_json(aggregator.api, &path).ok()?;
+        let completed = events
+            .as_array()?
+            .iter()
+            .any(|e| e["event_type"] == "connectivity.sync_completed");
+        let synced = completed
+            && acked > 51_001
+            && n["backlog"] == 0
+            && n["agent_head_seq"].as_u64()? == acked
+            && n["last_sync_via"] == "quic";
+        let stable = synced && last == Some(acked);
+        last = synced.then_some(acked);
+        std::thread::sleep(Duration::from_millis(300));
+        stable.then_some(acked)
+    })?;
+    agent.stop()?;
+    drop(aggregator);
+
+    let stored = stored_stream(&site.aggregator_dir, id)?;
+    let held = journal(&data)?;
+    assert!(stored.events.len() as u64 >= head);
+    assert_eq!(stored.events.len(), held.len(), "every event, exactly once");
+    for (s, j) in stored.events.iter().zip(&held) {
+        assert_eq!((s.event.seq, s.hash), (j.event.seq, j.hash));
+    }
+    Ok(())
+}
+
+/// Every kind of bad bundle is refused with its own cause, and the store
+/// is unchanged (event count, heads).
+#[test]
+fn bad_bundles_are_refused_by_cause_and_change_nothing() -> Result<()> {
+    let site = Site::new()?;
+    let (a, data_a) = site.node("sx-rempart-bad-node-a")?;
+    let (b, data_b) = site.node("sx-rempart-bad-node-b")?;
+    fill_journal(&data_a, 998, 100)?;
+    fill_journal(&data_b, 98, 50)?;
+
+    // Something stored first, so "unchanged" means something.
+    site.export(&data_a, "a-first.sxbundle", &["--to", "500"])?;
+    let (ok, r) = site.import(&[&site.bundle("a-first.sxbundle")])?;
+    assert!(ok, "{r:?}");
+    let good = site.export(&data_a, "a-good.sxbundle", &["--no-compress"])?;
+    assert_eq!(seq(&good, "first_seq"), 1, "nothing receipted yet");
+    let good_file = site.bundle("a-good.sxbundle");
+    let good_bytes = std::fs::read(&good_file)?;
+
+    // A sample of single-bit flips and truncations of a real bundle.
+    let write = |name: &str, bytes: &[u8]| -> Result<PathBuf> {
+        let p = site.bundle(name);
+        std::fs::write(&p, bytes)?;
+        Ok(p)
+    };
+    let mut rng_state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        rng_state
+    };
+    let mut flips: Vec<usize> = (0..12).map(|i| i * 2).collect(); // magic, version, envelope
+    flips.extend((0..24).map(|_| (next() % good_bytes.len() as u64) as usize));
+    for (i, at) in flips.into_iter().enumerate() {
+        let mut bytes = good_bytes.clone();
+        bytes[at] ^= 1 << (next() % 8);
+        let file = write(&format!("flip-{i}.sxbundle"), &bytes)?;
+        let before = snapshot(&site.aggregator_dir)?;
+        let (ok, r) = site.import(&[&file])?;
+        assert!(
+            !ok && r[0]["ok"] == false,
+            "flip at byte {at} accepted: {r:?}"
+        );
+        assert_eq!(before, snapshot(&site.aggregator_dir)?, "flip at {at}");
+    }
+    for len in [0, 7, 9, 100, good_bytes.len() / 2, good_bytes.len() - 1] {
+        let file = write(&format!("cut-{len}.sxbundle"), &good_bytes[..len])?;
+        let (ok, r) = site.import(&[&file])?;
+        assert!(!ok, "truncation to {len} accepted: {r:?}");
+    }
+    site.assert_refused(&write("cut-3.sxbundle", &good_bytes[..3])?, "truncated")?;
+
+    // Structural edits the node key re-signs: each has its own cause.
+    let bundle = decode_bundle(&good_bytes)?;
+    let key_a = sx_certs::load_signing_key(&site.fleet.pki.node_dir(&a.node_id).join("key.pem"))?;
+    let key_b = sx_certs::load_signing_key(&site.fleet.pki.node_dir(&b.node_id).join("key.pem"))?;
+    let certs = |node: &str| -> Result<Vec<Vec<u8>>> {
+        let chain = site.fleet.pki.node_dir(node).join("chain.pem");
+        Ok(sx_certs::load_certs_pem(&chain)?
+            .into_iter()
+            .map(|c| c.as_ref().to_vec())
+            .collect())
+    };
+    let header = |counter: u64, region: &str, expires_at: Timestamp| BundleHeader {
+        counter,
+        created_at: Timestamp::now(),
+        expires_at,
+        region: region.to_owned(),
+        aggregator: None,
+    };
+    let soon = Timestamp::now().plus(sx_common::Span::from_secs(3_600));
+    let build = |node: &str,
+                 key: &ed25519_dalek::SigningKey,
+                 events: &[SealedEvent],
+                 certificates: Vec<Vec<u8>>| {
+        let mut w = BundleWriter::new(node);
+        for e in events {
+            w.push_event(e);
+        }
+        let head = w.head();
+        w.push_checkpoint(Checkpoint::sign(key, node, head.seq, head.hash));
+        w.finish(
+            key,
+            &certificates,
+            header(100, REGION, soon),
+            Compression::Zstd,
+        )
+    };
+    let events = bundle.events().to_vec();
+    let mut hole = events.clone();
+    hole.remove(600);
+    let mut dup = events.clone();
+    dup.insert(700, events[699].clone());
+    let mut reordered = events.clone();
+    reordered.swap(800, 801);
+    let mut inserted = events.clone();
+    inserted[900] = SealedEvent::seal(Event {
+        payload: EventPayload::ConnectionLost(Note {
+            reason: Some("forged".into()),
+        }),
+        ..events[900].event.clone()
+    });
+    let ca = certs(&a.node_id)?;
+    for (name, evs, cause) in [
+        ("hole", &hole, "hole"),
+        ("dup", &dup, "duplicate-event"),
+        ("reordered", &reordered, "out-of-order"),
+        ("inserted", &inserted, "broken-chain"),
+    ] {
+        let file = write(
+            &format!("{name}.sxbundle"),
+            &build(&a.node_id, &key_a, evs, ca.clone()),
+        )?;
+        site.assert_refused(&file, cause)?;
+    }
+    // The control: the same builder with the events untouched is accepted.
+    let control = write(
+        "control.sxbundle",
+        &build(&a.node_id, &key_a, &events, ca.clone()),
+    )?;
+    let (ok, r) = site.import(&[&control])?;
+    assert!(ok, "{r:?}");
+
+    // Re-signed with another node's key, with node A's certificate: the key
+    // is not the certificate's. With node B's certificate: not B's events.
+    let file = write(
+        "resigned.sxbundle",
+        &build(&a.node_id, &key_b, &events, ca.clone()),
+    )?;
+    site.assert_refused(&file, "key-mismatch")?;
+    let file = write(
+        "resigned-b.sxbundle",
+        &build(&a.node_id, &key_b, &events, certs(&b.node_id)?),
+    )?;
+    site.assert_refused(&file, "identity-mismatch")?;
+
+    // A validly signed other history of node A: a fork, kept as evidence,
+    // no event changed.
+    let mut forked = events[..10].to_vec();
+    forked[3] = SealedEvent::seal(Event {
+        payload: EventPayload::ConnectionLost(Note {
+            reason: Some("another history".into()),
+        }),
+        ..forked[3].event.clone()
+    });
+    for i in 4..forked.len() {
+        forked[i] = SealedEvent::seal(Event {
+            prev_hash: forked[i - 1].hash,
+            ..forked[i].event.clone()
+        });
+    }
+    let file = write(
+        "fork.sxbundle",
+        &build(&a.node_id, &key_a, &forked, ca.clone()),
+    )?;
+    site.assert_refused(&file, "fork")?;
+    assert_eq!(
+        RedbStore::open(site.aggregator_dir.join("events.redb"))?
+            .forks()?
+            .len(),
+        1
+    );
+
+    // Expired, for another region, for another aggregator.
+    let file = site.export(&data_a, "expired.sxbundle", &["--expires-in", "1s"])?;
+    std::thread::sleep(Duration::from_millis(2_100));
+    site.assert_refused(Path::new(file["path"].as_str().context("path")?), "expired")?;
+    site.export(&data_a, "region-b.sxbundle", &["--region", "region-b"])?;
+    site.assert_refused(&site.bundle("region-b.sxbundle"), "wrong-region")?;
+    site.export(&data_a, "agg-x.sxbundle", &["--aggregator", "agg-other"])?;
+    site.assert_refused(&site.bundle("agg-x.sxbundle"), "wrong-aggregator")?;
+
+    // Rollback: node B exports 1..=30 (counter 1), 1..=100 (counter 2),
+    // then 1..=50 (counter 3). Once counter 3 is in, counter 2 may not
+    // bring 51..=100; counter 1 brings nothing new and is harmless.
+    let low = site.export(&data_b, "b-low.sxbundle", &["--to", "30"])?;
+    let old = site.export(&data_b, "b-old.sxbundle", &[])?;
+    let new = site.export(&data_b, "b-new.sxbundle", &["--to", "50"])?;
+    assert!(seq(&low, "counter") < seq(&old, "counter"));
+    assert!(seq(&old, "counter") < seq(&new, "counter"));
+    let (ok, r) = site.import(&[&site.bundle("b-new.sxbundle")])?;
+    assert!(ok, "{r:?}");
+    site.assert_refused(&site.bundle("b-old.sxbundle"), "rollback")?;
+    let (ok, r) = site.import(&[&site.bundle("b-low.sxbundle")])?;
+    assert!(ok && r[0]["outcome"] == "already-held", "{r:?}");
+
+    // A revoked node, and a node of another CA.
+    let (c, data_c) = site.node("sx-rempart-bad-node-c")?;
+    site.export(&data_c, "revoked.sxbundle", &[])?;
+    site.fleet.pki.revoke(
+        sx_certs::RevokeTarget::Node(c.node_id.clone()),
+        "key-compromise",
+    )?;
+    site.assert_refused(&site.bundle("revoked.sxbundle"), "revoked-certificate")?;
+    let other = sx_certs::Pki::init(
+        site.fleet.path().join("other-pki"),
+        &sx_certs::CaOptions {
+            common_name: "some-other-ca".into(),
+            ..sx_certs::CaOptions::default()
+        },
+    )?;
+    let d = other.issue_node(&sx_certs::NodeRequest::new(
+        "sx-rempart-bad-node-d",
+        "souverix-rempart",
+        REGION,
+        "edge-zone-a1",
+    ))?;
+    let data_d = site.fleet.path().join("agents").join("d");
+    let out = Command::new(bin("sx-agent"))
+        .arg("--data-dir")
+        .arg(&data_d)
+        .args(["init", "--cert"])
+        .arg(&d.cert_path)
+        .arg("--key")
+        .arg(&d.key_path)
+        .arg("--ca")
+        .arg(other.ca_path())
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    site.export(&data_d, "other-ca.sxbundle", &[])?;
+    site.assert_refused(&site.bundle("other-ca.sxbundle"), "untrusted-certificate")?;
+
+    // Not a bundle at all.
+    site.assert_refused(&write("text.sxbundle", b"hello, world")?, "not-a-bundle")?;
+    Ok(())
+}
+
+/// The running agent exports through its socket while events keep being
+/// recorded, and applies a receipt through it; receipts that do not fit
+/// this node or its journal are refused and change nothing.
+#[test]
+fn running_agent_exports_and_applies_receipts_through_its_socket() -> Result<()> {
+    let site = Site::new()?;
+    let (node, data) = site.node("sx-rempart-live-node-1")?;
+    let (other, other_data) = site.node("sx-rempart-live-node-2")?;
+    fill_journal(&data, 200, 100)?;
+    fill_journal(&other_data, 10, 10)?;
+    // No aggregator listens: the agent stays autonomous and keeps recording.
+    let config = site.fleet.agent_config(
+        "live",
+        format!("127.0.0.1:{}", free_udp_port()).parse()?,
+        "",
+    )?;
+    let mut agent = AgentProcess::start(&data, &config)?;
+    let socket = data.join(sx_agent::local::SOCKET_FILE);
+    wait_for(Duration::from_secs(20), "the agent socket", || {
+        socket.exists().then_some(())
+    })?;
+
+    let recorder = {
+        let data = data.clone();
+        std::thread::spawn(move || -> Result<()> {
+            for i in 0..20 {
+                agent_cmd(
+                    &data,
+                    &[
+                        "record",
+                        "lifecycle.maintenance_started",
+                        &format!(r#"{{"window_id":"w{i}"}}"#),
+                    ],
+                )?;
+            }
+            Ok(())
+        })
+    };
+    let out = site.bundles.join("live.sxbundle");
+    let text = agent_cmd(
+        &data,
+        &["export-bundle", "--out", out.to_str().context("utf-8")?],
+    )?;
+    assert!(text.contains("via the running agent"), "{text}");
+    recorder
+        .join()
+        .map_err(|_| anyhow::anyhow!("recorder panicked"))??;
+
+    // Import on the stopped aggregator's store; the receipt goes back
+    // through the running agent.
+    let (ok, r) = site.import(&[&out])?;
+    assert!(ok, "{r:?}");
+    let last = seq(&r[0], "last_seq");
+    site.export(&other_data, "other.sxbundle", &[])?;
+    let (ok, r) = site.import(&[&site.bundle("other.sxbundle")])?;
+    assert!(ok, "{r:?}");
+
+    // A receipt for another node, and a tampered receipt: refused.
+    let foreign = site.receipt(&other.node_id, 1);
+    let err = agent_cmd(
+        &data,
+        &["import-receipt", foreign.to_str().context("utf-8")?],
+    )
+    .expect_err("receipt of another node");
+    assert!(err.to_string().contains("receipt is for node"), "{err:#}");
+    let receipt = site.receipt(&node.node_id, 1);
+    let mut bytes = std::fs::read(&receipt)?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    let tampered = site.receipts.join("tampered.sxreceipt");
+    std::fs::write(&tampered, &bytes)?;
+    assert!(
+        agent_cmd(
+            &data,
+            &["import-receipt", tampered.to_str().context("utf-8")?]
+        )
+        .is_err()
+    );
+
+    let text = agent_cmd(
+        &data,
+        &["import-receipt", receipt.to_str().context("utf-8")?],
+    )?;
+    assert!(text.contains(&format!("up to seq {last}")), "{text}");
+    agent.stop()?;
+    let status = agent_status(&data)?;
+    assert_eq!(status["receipted_seq"], last);
+    assert_eq!(status["exported_seq"], last);
+    assert!(status["head_seq"].as_u64().unwrap_or(0) > last, "{status}");
+    Ok(())
+}
