@@ -9,15 +9,18 @@
 //!   commit per batch inserting pre-encoded canonical event bytes;
 //! - **journal**: a fresh [`RedbJournal`], one [`Journal::append`] per batch
 //!   of the same payloads (clone, encode, hash, sign, event rows + a
-//!   checkpoint row, durable commit; the returned events are dropped);
+//!   checkpoint row, durable commit; the returned events are dropped untimed);
 //!
-//! and prints the events/s of each over all rounds and the median of the
-//! per-round ratios journal/raw. Alternating per transaction pairs the two
-//! under the same conditions, which matters on a shared machine where
-//! other processes' CPU and fsync load drift over seconds.
+//! and prints the events/s of each over all rounds, their ratio
+//! (journal/raw), and the median over all transaction pairs of the
+//! per-pair ratio (robust to a stall hitting one side). Alternating per
+//! transaction pairs the two under the same conditions, which matters on a
+//! shared machine where other processes' CPU and fsync load drift over
+//! seconds.
 //!
 //! Files live under Cargo's target tmp dir (a real disk, so fsync counts).
-//! `SX_BENCH_ROUNDS` sets the number of rounds (default 3).
+//! `SX_BENCH_ROUNDS` sets the number of rounds (default 3); `SX_BENCH_BATCH`
+//! runs only the case of that batch size (for profiling).
 
 use ed25519_dalek::SigningKey;
 use redb::{Database, TableDefinition};
@@ -60,38 +63,45 @@ fn main() {
     drop(sample);
     println!("cpu only: building + sealing one event costs ~{per_event} ns");
     println!(
-        "{:>6} {:>9} {:>14} {:>14} {:>7}",
-        "batch", "events", "raw ev/s", "journal ev/s", "ratio"
+        "{:>6} {:>9} {:>14} {:>14} {:>7} {:>9}",
+        "batch", "events", "raw ev/s", "journal ev/s", "ratio", "pair med"
     );
+    let only: Option<usize> = std::env::var("SX_BENCH_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok());
     for (batch, total) in CASES {
+        if only.is_some_and(|only| only != batch) {
+            continue;
+        }
         let raw_bytes = canonical_stream(&items, total, batch);
-        let (mut raw, mut journal, mut ratios) = (Duration::ZERO, Duration::ZERO, Vec::new());
+        let (mut raw, mut journal, mut pairs) = (Duration::ZERO, Duration::ZERO, Vec::new());
         for _ in 0..rounds {
             let dir = tempfile::tempdir_in(base).expect("tempdir");
-            let (r, j) = paired_round(dir.path(), &items, &raw_bytes, batch);
-            raw += r;
-            journal += j;
-            ratios.push(r.as_secs_f64() / j.as_secs_f64());
+            for (r, j) in paired_round(dir.path(), &items, &raw_bytes, batch) {
+                raw += r;
+                journal += j;
+                pairs.push(r.as_secs_f64() / j.as_secs_f64());
+            }
         }
         let events = total * rounds;
+        let (raw_rate, journal_rate) = (rate(events, raw), rate(events, journal));
         println!(
-            "{batch:>6} {total:>9} {:>14.0} {:>14.0} {:>7.2}",
-            rate(events, raw),
-            rate(events, journal),
-            median(ratios)
+            "{batch:>6} {total:>9} {raw_rate:>14.0} {journal_rate:>14.0} {:>7.2} {:>9.2}",
+            journal_rate / raw_rate,
+            median(pairs)
         );
     }
 }
 
 /// One round: a fresh raw redb file and a fresh journal, written in
-/// alternation, one durable transaction each in turn. Returns the time spent
-/// in raw transactions and in journal appends.
+/// alternation, one durable transaction each in turn. Returns the time of
+/// each (raw transaction, journal append) pair.
 fn paired_round(
     dir: &Path,
     items: &[(Timestamp, EventPayload)],
     raw_bytes: &[Vec<u8>],
     batch: usize,
-) -> (Duration, Duration) {
+) -> Vec<(Duration, Duration)> {
     let db = Database::create(dir.join("raw.redb")).expect("create raw db");
     let txn = db.begin_write().expect("begin");
     txn.open_table(RAW_TABLE).expect("table");
@@ -100,7 +110,7 @@ fn paired_round(
     let mut journal =
         RedbJournal::create(dir.join("journal.redb"), NODE_ID, key).expect("create journal");
 
-    let (mut raw, mut appends) = (Duration::ZERO, Duration::ZERO);
+    let mut pairs = Vec::with_capacity(raw_bytes.len() / batch);
     for (chunk_index, chunk) in raw_bytes.chunks(batch).enumerate() {
         let start = Instant::now();
         let txn = db.begin_write().expect("begin");
@@ -112,15 +122,16 @@ fn paired_round(
             }
         }
         txn.commit().expect("commit");
-        raw += start.elapsed();
+        let raw = start.elapsed();
 
         let start = Instant::now();
         let outcome = journal.append(&items[..chunk.len()]).expect("append");
-        drop(outcome);
-        appends += start.elapsed();
+        pairs.push((raw, start.elapsed()));
+        // Same bytes on both sides (checked outside the timed part).
+        assert_eq!(outcome.events.last().map(|e| &e.bytes), chunk.last());
     }
     assert_eq!(journal.head().seq, raw_bytes.len() as u64);
-    (raw, appends)
+    pairs
 }
 
 /// Exactly the canonical bytes the journal writes for `total` events

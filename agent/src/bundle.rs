@@ -112,13 +112,19 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> AgentBundleError + '_ {
 /// What bundle export and receipt import need of the journal: a stopped
 /// agent's [`RedbJournal`], or the running agent's through [`RunningJournal`].
 pub trait BundleJournal {
+    /// The node whose journal this is.
     fn node_id(&self) -> String;
+    /// The journal head.
     fn head(&self) -> ChainHead;
+    /// The delivery marks.
     fn marks(&mut self) -> Marks;
-    /// Up to `max` events from `from`.
+    /// Up to `max` events from `from` (see [`Journal::read_range`]).
     fn read(&mut self, from: u64, max: usize) -> Result<Vec<SealedEvent>, JournalError>;
+    /// See [`Journal::set_exported`].
     fn set_exported(&mut self, seq: u64) -> Result<(), JournalError>;
+    /// See [`Journal::set_receipted`].
     fn set_receipted(&mut self, head: ChainHead) -> Result<(), JournalError>;
+    /// Appends in one durable transaction (see [`Journal::append`]).
     fn append(
         &mut self,
         items: Vec<(Timestamp, EventPayload)>,

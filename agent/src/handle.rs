@@ -120,15 +120,15 @@ impl JournalHandle {
         let key = self.key.clone();
         let node = self.node_id.clone();
         self.with(move |j| {
-            let events = j.read_range(from, max)?;
-            let last = events.last().ok_or(JournalError::Pruned {
+            let (events, last) = j.read_raw(from, max)?;
+            let last = last.ok_or(JournalError::Pruned {
                 requested: from,
                 first_held: j.marks().first_held_seq,
             })?;
-            let checkpoint = Checkpoint::sign(&key, &node, last.event.seq, last.hash);
+            let checkpoint = Checkpoint::sign(&key, &node, last.seq, last.hash);
             Ok(OutgoingBatch {
                 from,
-                events: events.into_iter().map(|e| e.bytes).collect(),
+                events,
                 checkpoint,
             })
         })

@@ -583,3 +583,40 @@ mod model {
         }
     }
 }
+
+#[test]
+fn large_batches_append_whole_or_not_at_all() {
+    // Large appends seal on a helper thread while inserting; the result
+    // must be the same as for small ones, and a failure must leave nothing.
+    let fx = Fixture::new();
+    let mut journal = fx.create();
+    journal.append(&items(3, now())).expect("small");
+    let big = journal.append(&items(1_000, now())).expect("large");
+    assert_eq!(big.events.len(), 1_000);
+    assert_eq!(big.head().seq, 1_003);
+    let mut prev = hash_at(&journal, 3);
+    for (i, e) in big.events.iter().enumerate() {
+        assert_eq!(e.event.seq, 4 + i as u64);
+        assert_eq!(e.event.prev_hash, prev);
+        prev = e.hash;
+    }
+    assert_eq!(journal.read_range(4, 2_000).expect("read"), big.events);
+
+    let head = journal.head();
+    let mut bad = items(700, now());
+    bad[650].1 = EventPayload::ConnectionLost(Note {
+        reason: Some("x".repeat(MAX_EVENT_BYTES)),
+    });
+    assert!(matches!(
+        journal.append(&bad),
+        Err(JournalError::EventTooLarge { .. })
+    ));
+    assert_eq!(journal.head(), head);
+    assert!(journal.read_range(1_004, 10).expect("read").is_empty());
+    drop(journal);
+    let mut journal = fx.open();
+    assert_eq!(journal.head(), head, "nothing of the failed append stored");
+    journal.append(&items(300, now())).expect("large again");
+    let report = journal.verify().expect("verifies");
+    assert_eq!((report.events, report.checkpoints), (1_303, 3));
+}

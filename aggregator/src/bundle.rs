@@ -42,7 +42,10 @@
 //!
 //! **Receipt.** Every accepted import produces a receipt file signed with
 //! the aggregator's key (its certificate chain included) naming the node's
-//! durable head and, when known, the node's desired state.
+//! durable head and, when known, the node's desired state: through the
+//! running aggregator's API, what the projections resolve for the node (as
+//! QUIC's `Resume` carries); the CLI on a stopped store has no projections
+//! loaded and sends none ([`Importer::with_desired`] is the seam).
 //!
 //! Imports run one at a time per process. The CLI opens the store itself
 //! when no aggregator runs on the data directory; otherwise it posts the
@@ -481,8 +484,20 @@ pub struct ImportRefusal {
 async fn import_http(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let now = Timestamp::now();
     // Read the trust material per request: a new CRL applies at once.
+    // Receipts carry the desired state the projections resolve for the
+    // node, as QUIC's `Resume` does (none while the node is unknown to
+    // them, e.g. before they caught up with its first events).
+    let projections = shared.projections.clone();
+    let desired: DesiredLookup = Arc::new(move |node: &str| {
+        projections.read(|e| {
+            e.node(node).map(|v| {
+                e.desired()
+                    .resolve(&sx_common::desired::NodePlace::of(&v.twin))
+            })
+        })
+    });
     let importer = match Importer::from_config(&shared.config) {
-        Ok(i) => Arc::new(i),
+        Ok(i) => Arc::new(i.with_desired(desired)),
         Err(e) => {
             return (
                 StatusCode::INTERNAL_SERVER_ERROR,

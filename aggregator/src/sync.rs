@@ -45,6 +45,11 @@ struct Observed {
     backlog_since: Option<Timestamp>,
     rtt_ms: Option<u32>,
     connection: Option<Connection>,
+    /// Sessions of the node open right now. A restarted agent reconnects
+    /// before the aggregator drops its dead connection (at the idle
+    /// timeout), so the end of one session must not mark the node
+    /// disconnected while a newer one is open.
+    sessions: u32,
 }
 
 /// The live observations; combined with store records on query.
@@ -59,15 +64,23 @@ impl SyncTable {
         f(map.entry(node.to_owned()).or_default())
     }
 
+    /// A session of `node` opened; pair each call with one
+    /// [`disconnected`](Self::disconnected).
     pub fn connected(&self, node: &str, peer: String, now: Timestamp) {
         self.with(node, |o| {
+            o.sessions += 1;
             o.connection = Some(Connection::Connected { since: now, peer })
         });
     }
 
+    /// A session of `node` ended; the node is disconnected once none is
+    /// left open.
     pub fn disconnected(&self, node: &str, now: Timestamp) {
         self.with(node, |o| {
-            o.connection = Some(Connection::Disconnected { since: now })
+            o.sessions = o.sessions.saturating_sub(1);
+            if o.sessions == 0 {
+                o.connection = Some(Connection::Disconnected { since: now })
+            }
         });
     }
 
@@ -145,5 +158,39 @@ impl SyncTable {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connection(table: &SyncTable, node: &str) -> Option<Connection> {
+        let map = table.observed.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(node).and_then(|o| o.connection.clone())
+    }
+
+    /// A restarted agent's new session opens before the dead one times out:
+    /// the old one ending must not mark the node disconnected.
+    #[test]
+    fn a_stale_session_ending_keeps_a_newer_one_connected() {
+        let t = SyncTable::default();
+        t.connected("n", "old".into(), Timestamp(1));
+        t.connected("n", "new".into(), Timestamp(2));
+        t.disconnected("n", Timestamp(3));
+        assert_eq!(
+            connection(&t, "n"),
+            Some(Connection::Connected {
+                since: Timestamp(2),
+                peer: "new".into()
+            })
+        );
+        t.disconnected("n", Timestamp(4));
+        assert_eq!(
+            connection(&t, "n"),
+            Some(Connection::Disconnected {
+                since: Timestamp(4)
+            })
+        );
     }
 }

@@ -11,7 +11,10 @@
 //!   the rebuild;
 //! - `engine_as_of(store, None, latest)` equals the current engine, and an
 //!   as-of at an earlier instant equals the engine of the events and
-//!   changes stamped up to it.
+//!   changes stamped up to it;
+//! - the group views (drift, connectivity, lifecycle under every grouping),
+//!   computed from the engine's compact fleet table, equal a plain
+//!   reference computed from the full node views, on both engines.
 
 use ed25519_dalek::SigningKey;
 use proptest::collection::vec;
@@ -19,7 +22,9 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use std::collections::BTreeMap;
 use sx_aggregator::projection::ProjectionEngine;
+use sx_aggregator::projection::drift;
 use sx_aggregator::projection::service;
+use sx_aggregator::projection::views::{self, GroupBy, Observed};
 use sx_aggregator::store::{EventStore, RedbStore, Submission};
 use sx_common::chain::{ChainHead, SealedEvent};
 use sx_common::desired::{
@@ -310,6 +315,171 @@ fn reference_as_of(
     engine
 }
 
+const GROUPINGS: [GroupBy; 5] = [
+    GroupBy::Node,
+    GroupBy::Cluster,
+    GroupBy::Zone,
+    GroupBy::Region,
+    GroupBy::Global,
+];
+
+/// The members of each group, in node id order, straight from the views.
+fn members(engine: &ProjectionEngine, by: GroupBy) -> BTreeMap<String, Vec<&str>> {
+    let mut groups: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for (node, view) in engine.nodes() {
+        for g in views::groups_of(node, &view.twin, by) {
+            groups.entry(g).or_default().push(node);
+        }
+    }
+    groups
+}
+
+/// Drift per group, the plain way.
+fn reference_drift(engine: &ProjectionEngine, by: GroupBy) -> Vec<drift::DriftAggregate> {
+    members(engine, by)
+        .into_iter()
+        .map(|(g, nodes)| {
+            drift::aggregate(
+                &g,
+                nodes
+                    .into_iter()
+                    .filter_map(|n| engine.node(n).map(|v| (n, &v.summary))),
+            )
+        })
+        .collect()
+}
+
+/// Connectivity per group, the plain way.
+fn reference_connectivity(
+    engine: &ProjectionEngine,
+    observed: &std::collections::HashMap<String, Observed>,
+    by: GroupBy,
+    stale_after: Span,
+    now: Timestamp,
+) -> Vec<views::ConnectivityAggregate> {
+    members(engine, by)
+        .into_iter()
+        .map(|(g, nodes)| {
+            let mut a = views::ConnectivityAggregate {
+                group: g,
+                spectrum: ConnectivityState::ALL
+                    .iter()
+                    .map(|s| (s.as_str().to_owned(), 0))
+                    .collect(),
+                ..Default::default()
+            };
+            let mut debt_sum = 0u64;
+            for n in nodes {
+                let Some(v) = engine.node(n) else { continue };
+                let o = observed.get(n);
+                let last_sync = o.and_then(|o| o.last_sync).or(v.twin.connectivity.last_sync);
+                let debt = last_sync.map_or(Span::ZERO, |t| now.since(t));
+                let backlog = o.map_or(v.twin.connectivity.message_backlog, |o| o.backlog);
+                a.nodes += 1;
+                *a.spectrum
+                    .entry(v.twin.connectivity.state.as_str().to_owned())
+                    .or_default() += 1;
+                a.stale += usize::from(views::is_stale(o, stale_after, now));
+                a.sync_debt_max = a.sync_debt_max.max(debt);
+                debt_sum = debt_sum.saturating_add(debt.as_secs());
+                a.oldest_unreceived_max = a.oldest_unreceived_max.max(
+                    o.and_then(|o| o.backlog_since)
+                        .map_or(Span::ZERO, |t| now.since(t)),
+                );
+                a.backlog_total = a.backlog_total.saturating_add(backlog);
+                a.backlog_max = a.backlog_max.max(backlog);
+            }
+            let n = a.nodes.max(1) as u64;
+            a.sync_debt_mean = Span::from_secs(debt_sum / n);
+            a.backlog_mean = a.backlog_total as f64 / n as f64;
+            a
+        })
+        .collect()
+}
+
+/// Lifecycle per group, the plain way.
+fn reference_lifecycle(engine: &ProjectionEngine, by: GroupBy) -> Vec<views::LifecycleAggregate> {
+    members(engine, by)
+        .into_iter()
+        .map(|(g, nodes)| {
+            let mut a = views::LifecycleAggregate {
+                group: g,
+                phases: ["provisioning", "active", "maintenance", "decommissioning", "decommissioned"]
+                    .iter()
+                    .map(|p| (p.to_string(), 0))
+                    .collect(),
+                ..Default::default()
+            };
+            let mut updates: BTreeMap<String, views::UpdateProgressView> = BTreeMap::new();
+            for n in nodes {
+                let Some(v) = engine.node(n) else { continue };
+                let lc = &v.twin.lifecycle;
+                a.nodes += 1;
+                let phase = serde_json::to_value(lc.phase)
+                    .ok()
+                    .and_then(|p| p.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                *a.phases.entry(phase).or_default() += 1;
+                if let Some(u) = &lc.update {
+                    let p = updates.entry(u.to_version.clone()).or_insert_with(|| {
+                        views::UpdateProgressView {
+                            to_version: u.to_version.clone(),
+                            ..Default::default()
+                        }
+                    });
+                    p.initiated += 1;
+                    match u.succeeded {
+                        None => p.in_progress += 1,
+                        Some(true) => p.succeeded += 1,
+                        Some(false) => p.failed += 1,
+                    }
+                }
+                if let Some(m) = &lc.maintenance {
+                    a.maintenance.push(views::MaintenanceView {
+                        node: n.to_owned(),
+                        window_id: m.window_id.clone(),
+                        reason: m.reason.clone(),
+                        started_at: m.started_at,
+                        planned_end: m.planned_end,
+                    });
+                }
+            }
+            a.updates = updates.into_values().collect();
+            a
+        })
+        .collect()
+}
+
+/// Every group view of `engine` equals its plain reference.
+fn check_views(engine: &ProjectionEngine, now: Timestamp) -> Result<(), TestCaseError> {
+    // The aggregator heard from every other node.
+    let observed: std::collections::HashMap<String, Observed> = engine
+        .nodes()
+        .step_by(2)
+        .map(|(n, _)| {
+            (
+                n.clone(),
+                Observed {
+                    last_sync: Some(STREAM_START),
+                    backlog: 3,
+                    backlog_since: Some(STREAM_START),
+                    connected: false,
+                },
+            )
+        })
+        .collect();
+    let stale_after = Span::from_mins(30);
+    for by in GROUPINGS {
+        prop_assert_eq!(views::drift_by(engine, by), reference_drift(engine, by));
+        prop_assert_eq!(views::lifecycle_by(engine, by), reference_lifecycle(engine, by));
+        prop_assert_eq!(
+            views::connectivity_by(engine, &observed, by, stale_after, now),
+            reference_connectivity(engine, &observed, by, stale_after, now)
+        );
+    }
+    Ok(())
+}
+
 fn run(scenario: Scenario) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
     let store = RedbStore::open(dir.path().join("events.redb"))
@@ -401,6 +571,9 @@ fn run(scenario: Scenario) -> Result<(), TestCaseError> {
 
     let now = service::engine_as_of(&store, None, latest).map_err(fail)?;
     prop_assert_eq!(&now, &rebuilt, "as of the latest instant != current");
+
+    check_views(&incremental, latest)?;
+    check_views(&restored, latest)?;
 
     let at = minutes(scenario.as_of);
     let then = service::engine_as_of(&store, None, at).map_err(fail)?;

@@ -72,7 +72,6 @@ pub struct NodePlan {
 /// The whole plan.
 #[derive(Clone, Debug)]
 pub struct FleetPlan {
-    pub seed: u64,
     pub regions: Vec<Region>,
     pub nodes: Vec<NodePlan>,
 }
@@ -176,7 +175,6 @@ impl FleetPlan {
             .flat_map(|(i, r)| r.zones.iter().map(move |z| (i, z.clone())))
             .collect();
         let mut plan = FleetPlan {
-            seed,
             regions,
             nodes: Vec::new(),
         };
@@ -185,10 +183,10 @@ impl FleetPlan {
             let short = zone.rsplit('-').next().unwrap_or(zone).to_owned();
             for i in 0..count {
                 // One coeur in five, at least one per zone; rempart and
-                // relais share the rest.
+                // relais share the rest (all three from three nodes up).
                 let component = match i % 5 {
                     0 => COEUR,
-                    1 | 2 => REMPART,
+                    1 | 3 => REMPART,
                     _ => RELAIS,
                 };
                 let node = plan.node(

@@ -103,7 +103,6 @@ pub struct Aggregator {
     pub name: String,
     pub region: String,
     pub config: PathBuf,
-    pub data_dir: PathBuf,
     pub log: PathBuf,
     pub quic: SocketAddr,
     pub api: SocketAddr,
@@ -140,7 +139,6 @@ impl Aggregator {
             name: name.to_owned(),
             region: region.to_owned(),
             config,
-            data_dir,
             log: dir.join("aggregator.log"),
             quic,
             api,
@@ -236,7 +234,7 @@ pub fn agent_config_text(aggregator: SocketAddr, slow_link: bool) -> String {
     format!(
         "[agent]\naggregator = \"{aggregator}\"\nserver_name = \"localhost\"\n\n\
          [uplink]\nheartbeat_interval = \"500ms\"\nack_timeout = \"3s\"\nidle_timeout = \"3s\"\n\
-         connect_timeout = \"1s\"\nbackoff_initial = \"250ms\"\nbackoff_max = \"1500ms\"\n\n\
+         connect_timeout = \"3s\"\nbackoff_initial = \"250ms\"\nbackoff_max = \"1500ms\"\n\n\
          [connectivity]\nautonomous_after = \"3s\"\ndisconnected_after = \"9s\"\n\
          edge_sync_interval = \"5s\"\n{delay}"
     )

@@ -69,6 +69,11 @@ impl Site {
     /// `sx-aggregator import-bundle --json FILE...`: whether it succeeded,
     /// and one JSON result per file.
     fn import(&self, files: &[&Path]) -> Result<(bool, Vec<Value>)> {
+        self.import_with(files, &[])
+    }
+
+    /// [`Site::import`] with extra flags (e.g. `--api`).
+    fn import_with(&self, files: &[&Path], extra: &[&str]) -> Result<(bool, Vec<Value>)> {
         let out = Command::new(bin("sx-aggregator"))
             .arg("import-bundle")
             .arg("--json")
@@ -82,6 +87,7 @@ impl Site {
             .arg(REGION)
             .arg("--receipt-dir")
             .arg(&self.receipts)
+            .args(extra)
             .args(files)
             .output()?;
         let stdout = String::from_utf8(out.stdout)?;
@@ -290,21 +296,25 @@ fn air_gapped_node_syncs_by_bundles_out_of_order_then_quic() -> Result<()> {
     let b4 = site.export(&data, "b4.sxbundle", &[])?;
     assert_eq!(
         (seq(&b4, "first_seq"), seq(&b4, "last_seq")),
-        (36_001, 50_001)
+        (36_001, 50_000)
     );
 
     // The aggregator runs now: import goes through its API.
     let (quic_port, api_port) = (free_udp_port(), free_tcp_port());
     let aggregator =
         AggregatorProcess::start(&site.fleet, &site.aggregator_dir, quic_port, api_port)?;
-    let (ok, r) = site.import(&[&site.bundle("b4.sxbundle"), &site.bundle("b1.sxbundle")])?;
+    let api = aggregator.api.to_string();
+    let (ok, r) = site.import_with(
+        &[&site.bundle("b4.sxbundle"), &site.bundle("b1.sxbundle")],
+        &["--api", &api],
+    )?;
     let log =
         || std::fs::read_to_string(site.aggregator_dir.with_extension("log")).unwrap_or_default();
     assert!(ok, "{r:?}\n{}", log());
-    assert_eq!(seq(&r[0], "new_events"), 14_001);
+    assert_eq!(seq(&r[0], "new_events"), 14_000);
     assert_eq!(r[1]["outcome"], "already-held");
     let n = aggregator.node_status(id)?.context("node status")?;
-    assert_eq!(n["acked_seq"], 50_001, "{n}");
+    assert_eq!(n["acked_seq"], 50_000, "{n}");
     assert_eq!(n["last_sync_via"], "bundle", "{n}");
     assert!(
         n["last_sync"].is_string() && n["sync_debt"].is_string(),
@@ -321,14 +331,14 @@ fn air_gapped_node_syncs_by_bundles_out_of_order_then_quic() -> Result<()> {
     let head = wait_for(Duration::from_secs(90), "QUIC delivers the rest", || {
         let n = aggregator.node_status(id).ok()??;
         let acked = n["acked_seq"].as_u64()?;
-        let path = format!("/api/v1/nodes/{id}/events?from=51002");
+        let path = format!("/api/v1/nodes/{id}/events?from=51001");
         let events = get_json(aggregator.api, &path).ok()?;
         let completed = events
             .as_array()?
             .iter()
             .any(|e| e["event_type"] == "connectivity.sync_completed");
         let synced = completed
-            && acked > 51_001
+            && acked > 51_000
             && n["backlog"] == 0
             && n["agent_head_seq"].as_u64()? == acked
             && n["last_sync_via"] == "quic";
@@ -671,5 +681,106 @@ fn running_agent_exports_and_applies_receipts_through_its_socket() -> Result<()>
     assert_eq!(status["receipted_seq"], last);
     assert_eq!(status["exported_seq"], last);
     assert!(status["head_seq"].as_u64().unwrap_or(0) > last, "{status}");
+    Ok(())
+}
+
+/// A receipt carrying desired state: the agent records it as
+/// `inventory.desired` with the sync. A receipt whose head hash is not the
+/// journal's own event, or that is signed by a key other than its
+/// certificate's, is refused and changes nothing.
+#[test]
+fn receipts_carry_desired_state_and_must_match_the_journal() -> Result<()> {
+    use sx_common::bundle::{KeyBytes, Receipt, encode_receipt};
+    let site = Site::new()?;
+    let (node, data) = site.node("sx-rempart-desired-node-1")?;
+    fill_journal(&data, 20, 10)?;
+    let head = journal(&data)?.last().map(|e| ChainHead {
+        seq: e.event.seq,
+        hash: e.hash,
+    });
+    let head = head.context("events")?;
+    let aggregator_dir = site.fleet.pki.aggregator_dir(AGGREGATOR);
+    let key = sx_certs::load_signing_key(&aggregator_dir.join("key.pem"))?;
+    let chain: Vec<Vec<u8>> = sx_certs::load_certs_pem(&aggregator_dir.join("chain.pem"))?
+        .into_iter()
+        .map(|c| c.as_ref().to_vec())
+        .collect();
+    let desired = sx_common::event::DesiredStateLearned {
+        software_version: Some("2.4.1".into()),
+        config: Default::default(),
+        policy_version: Some("policy-7".into()),
+    };
+    let receipt = |head: ChainHead| Receipt {
+        node_id: node.node_id.clone(),
+        head,
+        bundle_counter: 1,
+        bundle_first_seq: 1,
+        bundle_last_seq: head.seq,
+        new_events: head.seq,
+        aggregator: AGGREGATOR.into(),
+        region: REGION.into(),
+        issued_at: Timestamp::now(),
+        desired: Some(desired.clone()),
+        aggregator_key: KeyBytes([0; 32]),
+        certificates_digest: sx_common::Digest::GENESIS,
+    };
+    let write = |name: &str, bytes: Vec<u8>| -> Result<String> {
+        let p = site.receipts.join(name);
+        std::fs::write(&p, bytes)?;
+        Ok(p.to_str().context("utf-8")?.to_owned())
+    };
+
+    // The wrong hash at the right seq: another history.
+    let wrong = write(
+        "wrong.sxreceipt",
+        encode_receipt(
+            &key,
+            receipt(ChainHead {
+                seq: head.seq,
+                hash: sx_common::Digest([9; 32]),
+            }),
+            &chain,
+        ),
+    )?;
+    let err = agent_cmd(&data, &["import-receipt", &wrong]).expect_err("mismatch");
+    assert!(err.to_string().contains("but the journal holds"), "{err:#}");
+    // Signed by a node key, carrying the aggregator's certificate.
+    let node_key = sx_certs::load_signing_key(&node.key)?;
+    let forged = write(
+        "forged.sxreceipt",
+        encode_receipt(&node_key, receipt(head), &chain),
+    )?;
+    let err = agent_cmd(&data, &["import-receipt", &forged]).expect_err("forged");
+    assert!(
+        err.to_string().contains("not the certificate's key"),
+        "{err:#}"
+    );
+    let status = agent_status(&data)?;
+    assert_eq!(
+        (
+            status["receipted_seq"].as_u64(),
+            status["head_seq"].as_u64()
+        ),
+        (Some(0), Some(head.seq))
+    );
+
+    let good = write(
+        "good.sxreceipt",
+        encode_receipt(&key, receipt(head), &chain),
+    )?;
+    let applied: Value =
+        serde_json::from_str(&agent_cmd(&data, &["import-receipt", "--json", &good])?)?;
+    assert_eq!(
+        applied["recorded"].as_array().map(Vec::len),
+        Some(2),
+        "{applied}"
+    );
+    let events = journal(&data)?;
+    let learned = events.iter().find_map(|e| match &e.event.payload {
+        EventPayload::DesiredStateLearned(d) => Some(d.clone()),
+        _ => None,
+    });
+    assert_eq!(learned, Some(desired));
+    assert_eq!(agent_status(&data)?["receipted_seq"], head.seq);
     Ok(())
 }

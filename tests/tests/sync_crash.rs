@@ -36,9 +36,10 @@ fn failure_context(aggregator: &AggregatorProcess, node: &str, agent_dir: &Path)
 }
 
 /// 100,000 events replay while the aggregator is SIGKILLed twelve times and
-/// restarted on the same ports. Each kill comes at a random moment 100–600
-/// ms after the replay was seen moving again (so it hits a live session with
-/// batches in flight and commits under way). Before each kill the API's
+/// restarted on the same ports. Each kill comes at a random moment (20–250
+/// ms) after the replay was seen moving again and passed the next twelfth
+/// of the backlog, so it hits a live session with batches in flight and
+/// commits under way, all along the replay. Before each kill the API's
 /// durable head is noted: the store file, read right after the kill, and
 /// the restarted aggregator hold at least that much. In the end the store
 /// holds exactly the agent's journal (once each, in order, chained), and
@@ -65,18 +66,24 @@ fn aggregator_sigkilled_during_replay_loses_and_duplicates_nothing() -> Result<(
     let aggregator_dir = fleet.path().join("aggregator");
     let mut aggregator = AggregatorProcess::start(&fleet, &aggregator_dir, quic_port, api_port)?;
     let mut agent = AgentProcess::start(&data, &config)?;
+    let filled = started.elapsed();
 
     let mut rng = rand::thread_rng();
     let mut max_acked = 0u64;
     let mut trace = Vec::new();
-    for kill in 0..KILLS {
-        // The agent found the (restarted) aggregator and the replay moves.
+    for kill in 1..=KILLS {
+        // The agent found the (restarted) aggregator, the replay moves, and
+        // it passed the next of twelve marks spread over the backlog (so
+        // the kills are spread over the whole replay).
         let base = aggregator.acked_seq(&node.node_id)?;
+        let mark = kill as u64 * EVENTS / (KILLS as u64 + 1);
         wait_for(Duration::from_secs(30), "replay progress", || {
-            (aggregator.acked_seq(&node.node_id).ok()? > base).then_some(())
+            let acked = aggregator.acked_seq(&node.node_id).ok()?;
+            (acked > base && acked >= mark).then_some(())
         })
         .with_context(|| failure_context(&aggregator, &node.node_id, &data))?;
-        std::thread::sleep(Duration::from_millis(rng.gen_range(100..=600)));
+        // Then a random moment of the session, batches in flight.
+        std::thread::sleep(Duration::from_millis(rng.gen_range(20..=250)));
         // What the aggregator has acknowledged (durably committed) so far.
         let acked = aggregator.acked_seq(&node.node_id)?;
         max_acked = max_acked.max(acked);
@@ -103,9 +110,14 @@ fn aggregator_sigkilled_during_replay_loses_and_duplicates_nothing() -> Result<(
     let synced = aggregator
         .wait_synced(&node.node_id, Duration::from_secs(120))
         .with_context(|| failure_context(&aggregator, &node.node_id, &data))?;
-    agent.stop()?;
+    let replayed = started.elapsed();
+    agent
+        .stop()
+        .with_context(|| format!("stopping the agent:\n{}", log_tail(&data, 20)))?;
     let status = aggregator.status()?;
-    aggregator.stop()?;
+    aggregator
+        .stop()
+        .with_context(|| format!("stopping the aggregator:\n{}", log_tail(&aggregator_dir, 20)))?;
     let after = agent_status(&data)?;
     let head = after["head_seq"].as_u64().expect("head_seq");
     let agent_acked = after["acked_seq"].as_u64().expect("acked_seq");
@@ -120,14 +132,14 @@ fn aggregator_sigkilled_during_replay_loses_and_duplicates_nothing() -> Result<(
     assert_eq!(status["events_stored"], stored, "no other events stored");
     assert_eq!(status["forks"], 0);
     eprintln!(
-        "{KILLS} aggregator kills, {stored} events, {:?}; (API acked, stored after SIGKILL) per kill: {trace:?}",
+        "{KILLS} aggregator kills, {stored} events, filled at {filled:?}, replayed at {replayed:?}, done at {:?}; (API acked, stored after SIGKILL) per kill: {trace:?}",
         started.elapsed()
     );
     Ok(())
 }
 
 /// The agent is SIGKILLed five times mid-replay (each time a random moment
-/// after the replay passed another sixth of the backlog) and restarted:
+/// after the replay passed another seventh of the backlog) and restarted:
 /// after each kill its acked mark is at most what the aggregator durably
 /// holds; the replay resumes from the durable head and completes with every
 /// event stored exactly once, and the journal still verifies.
@@ -157,12 +169,12 @@ fn agent_sigkilled_during_replay_resumes_exactly_once() -> Result<()> {
     let mut progress = Vec::new();
     let mut last_start = Timestamp::now();
     for kill in 1..=KILLS {
-        let target = kill * EVENTS / (KILLS + 1);
+        let mark = kill * EVENTS / (KILLS + 2);
         wait_for(Duration::from_secs(30), "replay progress", || {
-            (aggregator.acked_seq(&node.node_id).ok()? >= target).then_some(())
+            (aggregator.acked_seq(&node.node_id).ok()? >= mark).then_some(())
         })
         .with_context(|| failure_context(&aggregator, &node.node_id, &data))?;
-        std::thread::sleep(Duration::from_millis(rng.gen_range(0..=150)));
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..=100)));
         agent.kill();
         let st = agent_status(&data)?;
         let agent_acked = st["acked_seq"].as_u64().expect("acked_seq");

@@ -84,6 +84,43 @@ impl fmt::Debug for RedbJournal {
 }
 
 impl RedbJournal {
+    /// Up to `max` events' canonical bytes from `from_seq` on, without
+    /// decoding them, and the head (seq, hash) after the last one: what the
+    /// uplink sends. Only the last event is decoded (to hash it). Empty
+    /// when `from_seq` is above the head.
+    pub fn read_raw(
+        &self,
+        from_seq: u64,
+        max: usize,
+    ) -> Result<(Vec<Vec<u8>>, Option<ChainHead>), JournalError> {
+        if self.pruned.seq > 0 && from_seq <= self.pruned.seq {
+            return Err(JournalError::Pruned {
+                requested: from_seq,
+                first_held: self.pruned.seq + 1,
+            });
+        }
+        if max == 0 || from_seq > self.head.seq {
+            return Ok((Vec::new(), None));
+        }
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(EVENTS_TABLE)?;
+        let mut out = Vec::with_capacity(max.min(4_096));
+        let mut last_seq = 0;
+        for row in table.range(from_seq..)?.take(max) {
+            let (seq, bytes) = row?;
+            last_seq = seq.value();
+            out.push(bytes.value().to_vec());
+        }
+        let head = match out.last() {
+            Some(bytes) => Some(decode_event(last_seq, bytes)?).map(|e| ChainHead {
+                seq: e.event.seq,
+                hash: e.hash,
+            }),
+            None => None,
+        };
+        Ok((out, head))
+    }
+
     /// Creates the journal of `node_id` in the redb file at `path` (created
     /// if missing), recording the node id and `key`'s public key. Refuses a
     /// file that already holds a journal.
@@ -250,6 +287,13 @@ impl Journal for RedbJournal {
             return Err(JournalError::EmptyAppend);
         }
         let events = self.sealer.seal_batch(&self.node_id, self.head, items)?;
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(EVENTS_TABLE)?;
+            for e in &events {
+                table.insert(e.event.seq, e.bytes.as_slice())?;
+            }
+        }
         let head = events
             .last()
             .map(|e| ChainHead {
@@ -258,16 +302,10 @@ impl Journal for RedbJournal {
             })
             .ok_or(JournalError::EmptyAppend)?;
         let checkpoint = Checkpoint::sign(&self.key, &self.node_id, head.seq, head.hash);
-        let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(EVENTS_TABLE)?;
-            for e in &events {
-                table.insert(e.event.seq, e.bytes.as_slice())?;
-            }
-            let mut checkpoints = txn.open_table(CHECKPOINTS_TABLE)?;
-            checkpoints.insert(head.seq, checkpoint_row(&checkpoint).as_slice())?;
-        }
+        txn.open_table(CHECKPOINTS_TABLE)?
+            .insert(head.seq, checkpoint_row(&checkpoint).as_slice())?;
         // Durable (Immediate) commit: only once it returned is the head ours.
+        // On any error above, dropping `txn` aborts it and nothing changed.
         txn.commit()?;
         self.head = head;
         Ok(AppendOutcome { events, checkpoint })

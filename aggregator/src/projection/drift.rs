@@ -244,41 +244,46 @@ pub struct DriftAggregate {
     pub stale_by_max: Span,
 }
 
-fn bucket(score: u32) -> &'static str {
+/// The drift-score buckets of [`DriftAggregate::score_distribution`].
+const BUCKETS: [&str; 4] = ["0", "1-9", "10-99", "100+"];
+
+fn bucket(score: u32) -> usize {
     match score {
-        0 => "0",
-        1..=9 => "1-9",
-        10..=99 => "10-99",
-        _ => "100+",
+        0 => 0,
+        1..=9 => 1,
+        10..=99 => 2,
+        _ => 3,
     }
 }
 
-/// Aggregates summaries of one group.
-pub fn aggregate<'a>(
-    group: &str,
-    members: impl IntoIterator<Item = (&'a str, &'a DriftSummary)>,
-) -> DriftAggregate {
-    let mut agg = DriftAggregate {
-        group: group.to_owned(),
-        ..DriftAggregate::default()
-    };
-    for s in Severity::ALL {
-        agg.by_severity.insert(s, 0);
-    }
-    let (mut sum, mut count) = (0.0, 0usize);
-    let mut worst: Vec<(String, u32)> = Vec::new();
-    for (node, s) in members {
-        agg.nodes += 1;
-        *agg.by_severity.entry(s.severity).or_default() += 1;
-        *agg.score_distribution
-            .entry(bucket(s.drift_score).to_owned())
-            .or_default() += 1;
+/// [`aggregate`] one member at a time, so views can feed many groups in a
+/// single pass over the fleet. Members must come in a stable order (node
+/// id order) for the mean and the ties among the worst nodes to be
+/// reproducible.
+#[derive(Clone, Debug, Default)]
+pub struct DriftAccumulator {
+    nodes: usize,
+    by_severity: [usize; Severity::ALL.len()],
+    buckets: [usize; BUCKETS.len()],
+    compliance_sum: f64,
+    compliance_count: usize,
+    compliance_min: Option<f64>,
+    stale_by_max: Span,
+    worst: Vec<(String, u32)>,
+}
+
+impl DriftAccumulator {
+    pub fn add(&mut self, node: &str, s: &DriftSummary) {
+        self.nodes += 1;
+        self.by_severity[s.severity as usize] += 1;
+        self.buckets[bucket(s.drift_score)] += 1;
         if let Some(c) = s.compliance_score {
-            sum += c;
-            count += 1;
-            agg.compliance_min = Some(agg.compliance_min.map_or(c, |m: f64| m.min(c)));
+            self.compliance_sum += c;
+            self.compliance_count += 1;
+            self.compliance_min = Some(self.compliance_min.map_or(c, |m: f64| m.min(c)));
         }
-        agg.stale_by_max = agg.stale_by_max.max(s.stale_by);
+        self.stale_by_max = self.stale_by_max.max(s.stale_by);
+        let worst = &mut self.worst;
         if s.drift_score > 0
             && (worst.len() < 10 || worst.last().is_some_and(|w| w.1 < s.drift_score))
         {
@@ -287,7 +292,35 @@ pub fn aggregate<'a>(
             worst.truncate(10);
         }
     }
-    agg.compliance_mean = (count > 0).then(|| sum / count as f64);
-    agg.worst_nodes = worst;
-    agg
+
+    pub fn finish(self, group: &str) -> DriftAggregate {
+        DriftAggregate {
+            group: group.to_owned(),
+            nodes: self.nodes,
+            by_severity: Severity::ALL.into_iter().zip(self.by_severity).collect(),
+            score_distribution: BUCKETS
+                .iter()
+                .zip(self.buckets)
+                .filter(|(_, n)| *n > 0)
+                .map(|(b, n)| ((*b).to_owned(), n))
+                .collect(),
+            worst_nodes: self.worst,
+            compliance_mean: (self.compliance_count > 0)
+                .then(|| self.compliance_sum / self.compliance_count as f64),
+            compliance_min: self.compliance_min,
+            stale_by_max: self.stale_by_max,
+        }
+    }
+}
+
+/// Aggregates summaries of one group.
+pub fn aggregate<'a>(
+    group: &str,
+    members: impl IntoIterator<Item = (&'a str, &'a DriftSummary)>,
+) -> DriftAggregate {
+    let mut acc = DriftAccumulator::default();
+    for (node, s) in members {
+        acc.add(node, s);
+    }
+    acc.finish(group)
 }

@@ -14,6 +14,7 @@
 
 pub mod drift;
 pub mod graph;
+mod rows;
 pub mod service;
 pub mod trust;
 pub mod views;
@@ -29,7 +30,7 @@ use sx_common::model::{ConnectivityState, DigitalTwin, LifecyclePhase};
 
 /// How many ledger rows a node keeps in memory (older ones stay in the
 /// event store and are served from there).
-pub const LEDGER_IN_MEMORY: usize = 64;
+pub const LEDGER_IN_MEMORY: usize = 16;
 
 /// Everything the engine holds for one node.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -65,7 +66,8 @@ pub struct NodeChange {
 /// The engine. `BTreeMap` keeps node order stable for listings.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProjectionEngine {
-    nodes: BTreeMap<String, NodeView>,
+    /// Boxed: a view is large, and map nodes hold eleven entries inline.
+    nodes: BTreeMap<String, Box<NodeView>>,
     desired: DesiredSpec,
     /// Seq of the last desired-state change applied.
     desired_seq: u64,
@@ -74,6 +76,9 @@ pub struct ProjectionEngine {
     /// by [`from_snapshot`](Self::from_snapshot); compared semantically.
     #[serde(skip)]
     graph: graph::FleetGraph,
+    /// One compact row per node for the group views; derived like the graph.
+    #[serde(skip)]
+    rows: rows::FleetRows,
 }
 
 impl ProjectionEngine {
@@ -87,13 +92,13 @@ impl ProjectionEngine {
     /// change, if any event was applied.
     pub fn apply<'a>(&mut self, events: impl IntoIterator<Item = &'a Event>) -> Option<NodeChange> {
         let mut events = events.into_iter().peekable();
-        let first = events.peek()?;
-        let node = first.node_id.clone();
+        let first: &'a Event = events.peek()?;
+        let node = first.node_id.as_str();
         // Only a stream's first event creates a node: a batch that starts
         // past a gap must not leave an empty view behind.
-        let view = match self.nodes.get_mut(&node) {
+        let view = match self.nodes.get_mut(node) {
             Some(view) => view,
-            None if first.seq == 1 => self.nodes.entry(node.clone()).or_default(),
+            None if first.seq == 1 => self.nodes.entry(node.to_owned()).or_default(),
             None => return None,
         };
         let mut change: Option<NodeChange> = None;
@@ -116,7 +121,7 @@ impl ProjectionEngine {
                 view.recent_ledger.push(entry);
             }
             let c = change.get_or_insert_with(|| NodeChange {
-                node: node.clone(),
+                node: node.to_owned(),
                 seq: 0,
                 connectivity: ConnectivityState::Disconnected,
                 phase: LifecyclePhase::Provisioning,
@@ -132,7 +137,8 @@ impl ProjectionEngine {
         let mut c = change?;
         view.drift = drift::analyze(&view.twin, &self.desired);
         view.summary = DriftSummary::of(&view.drift, &view.twin);
-        self.graph.update_node(&node, &view.twin);
+        self.graph.update_node(node, &view.twin);
+        self.rows.update(node, view);
         c.connectivity = view.twin.connectivity.state;
         c.phase = view.twin.lifecycle.phase;
         c.severity = view.drift.severity;
@@ -146,9 +152,10 @@ impl ProjectionEngine {
         }
         self.desired.apply(&change.change);
         self.desired_seq = change.seq;
-        for view in self.nodes.values_mut() {
+        for (node, view) in &mut self.nodes {
             view.drift = drift::analyze(&view.twin, &self.desired);
             view.summary = DriftSummary::of(&view.drift, &view.twin);
+            self.rows.update(node, view);
         }
     }
 
@@ -166,11 +173,16 @@ impl ProjectionEngine {
     }
 
     pub fn node(&self, node: &str) -> Option<&NodeView> {
-        self.nodes.get(node)
+        self.nodes.get(node).map(|v| &**v)
     }
 
     pub fn nodes(&self) -> impl Iterator<Item = (&String, &NodeView)> {
-        self.nodes.iter()
+        self.nodes.iter().map(|(k, v)| (k, &**v))
+    }
+
+    /// The compact per-node table the group views scan.
+    pub(crate) fn rows(&self) -> &rows::FleetRows {
+        &self.rows
     }
 
     pub fn len(&self) -> usize {
@@ -208,6 +220,9 @@ impl ProjectionEngine {
         engine.graph = graph::FleetGraph::from_twins(
             engine.nodes.iter().map(|(id, v)| (id.as_str(), &v.twin)),
         );
+        for (node, view) in &engine.nodes {
+            engine.rows.update(node, view);
+        }
         Ok(engine)
     }
 }

@@ -4,7 +4,8 @@
 //! passed in, never mixed into the node-reported twin.
 
 use super::ProjectionEngine;
-use super::drift::{self, DriftAggregate};
+use super::drift::{self, DriftAccumulator, DriftAggregate};
+use super::rows::FleetRows;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use sx_common::model::{ConnectivityState, DigitalTwin, LifecyclePhase};
@@ -64,21 +65,25 @@ pub fn groups_of(node: &str, twin: &DigitalTwin, by: GroupBy) -> Vec<String> {
     }
 }
 
-/// Drift aggregated per group.
+/// Drift aggregated per group, groups sorted by name. One pass over the
+/// engine's fleet table ([`super::rows`]), members in node id order.
 pub fn drift_by(engine: &ProjectionEngine, by: GroupBy) -> Vec<DriftAggregate> {
-    let mut groups: BTreeMap<String, Vec<(&str, &drift::DriftSummary)>> = BTreeMap::new();
-    for (node, view) in engine.nodes() {
-        for g in groups_of(node, &view.twin, by) {
-            groups
-                .entry(g)
-                .or_default()
-                .push((node.as_str(), &view.summary));
+    let rows = engine.rows();
+    if by == GroupBy::Node {
+        return rows
+            .iter()
+            .map(|(node, row)| drift::aggregate(node, [(node, &row.summary)]))
+            .collect();
+    }
+    let mut groups: Vec<Option<DriftAccumulator>> = vec![None; rows.group_count()];
+    for (node, row) in rows.iter() {
+        for g in FleetRows::groups(row, by) {
+            groups[*g as usize]
+                .get_or_insert_default()
+                .add(node, &row.summary);
         }
     }
-    groups
-        .into_iter()
-        .map(|(g, members)| drift::aggregate(&g, members))
-        .collect()
+    rows.sorted(groups, |name, acc| acc.finish(name))
 }
 
 /// The aggregator's own view of a node's sync, passed into the views.
@@ -120,7 +125,43 @@ pub fn is_stale(observed: Option<&Observed>, threshold: Span, now: Timestamp) ->
     }
 }
 
-/// Connectivity per group at `now`.
+/// Connectivity of a group, accumulated node by node.
+#[derive(Clone, Debug, Default)]
+struct ConnectivityAccumulator {
+    nodes: usize,
+    spectrum: [usize; ConnectivityState::ALL.len()],
+    stale: usize,
+    sync_debt_max: Span,
+    sync_debt_sum: u64,
+    oldest_unreceived_max: Span,
+    backlog_total: u64,
+    backlog_max: u64,
+}
+
+impl ConnectivityAccumulator {
+    fn finish(self, group: &str) -> ConnectivityAggregate {
+        let n = self.nodes.max(1) as u64;
+        ConnectivityAggregate {
+            group: group.to_owned(),
+            nodes: self.nodes,
+            spectrum: ConnectivityState::ALL
+                .iter()
+                .zip(self.spectrum)
+                .map(|(s, n)| (s.as_str().to_owned(), n))
+                .collect(),
+            stale: self.stale,
+            sync_debt_max: self.sync_debt_max,
+            sync_debt_mean: Span::from_secs(self.sync_debt_sum / n),
+            oldest_unreceived_max: self.oldest_unreceived_max,
+            backlog_total: self.backlog_total,
+            backlog_max: self.backlog_max,
+            backlog_mean: self.backlog_total as f64 / n as f64,
+        }
+    }
+}
+
+/// Connectivity per group at `now`, groups sorted by name. Totals saturate
+/// (a node may report any backlog).
 pub fn connectivity_by(
     engine: &ProjectionEngine,
     observed: &HashMap<String, Observed>,
@@ -128,51 +169,51 @@ pub fn connectivity_by(
     stale_after: Span,
     now: Timestamp,
 ) -> Vec<ConnectivityAggregate> {
-    let mut groups: BTreeMap<String, ConnectivityAggregate> = BTreeMap::new();
-    let mut debt_sum: BTreeMap<String, u64> = BTreeMap::new();
-    for (node, view) in engine.nodes() {
-        let o = observed.get(node);
-        let last_sync = o
-            .and_then(|o| o.last_sync)
-            .or(view.twin.connectivity.last_sync);
+    let rows = engine.rows();
+    let node_groups = by == GroupBy::Node;
+    let mut groups: Vec<Option<ConnectivityAccumulator>> = if node_groups {
+        Vec::new()
+    } else {
+        vec![None; rows.group_count()]
+    };
+    let mut per_node = Vec::new();
+    for (node, row) in rows.iter() {
+        let o = if observed.is_empty() {
+            None
+        } else {
+            observed.get(node)
+        };
+        let last_sync = o.and_then(|o| o.last_sync).or(row.last_sync);
         let debt = last_sync.map_or(Span::ZERO, |t| now.since(t));
-        let backlog = o.map_or(view.twin.connectivity.message_backlog, |o| o.backlog);
+        let backlog = o.map_or(row.backlog, |o| o.backlog);
         let waiting = o
             .and_then(|o| o.backlog_since)
             .map_or(Span::ZERO, |t| now.since(t));
         let stale = is_stale(o, stale_after, now);
-        for g in groups_of(node, &view.twin, by) {
-            let agg = groups
-                .entry(g.clone())
-                .or_insert_with(|| ConnectivityAggregate {
-                    group: g.clone(),
-                    spectrum: ConnectivityState::ALL
-                        .iter()
-                        .map(|s| (s.as_str().to_owned(), 0))
-                        .collect(),
-                    ..ConnectivityAggregate::default()
-                });
-            agg.nodes += 1;
-            *agg.spectrum
-                .entry(view.twin.connectivity.state.as_str().to_owned())
-                .or_default() += 1;
-            agg.stale += usize::from(stale);
-            agg.sync_debt_max = agg.sync_debt_max.max(debt);
-            *debt_sum.entry(g).or_default() += debt.as_secs();
-            agg.oldest_unreceived_max = agg.oldest_unreceived_max.max(waiting);
-            agg.backlog_total += backlog;
-            agg.backlog_max = agg.backlog_max.max(backlog);
+        let add = |acc: &mut ConnectivityAccumulator| {
+            acc.nodes += 1;
+            acc.spectrum[row.state as usize] += 1;
+            acc.stale += usize::from(stale);
+            acc.sync_debt_max = acc.sync_debt_max.max(debt);
+            acc.sync_debt_sum = acc.sync_debt_sum.saturating_add(debt.as_secs());
+            acc.oldest_unreceived_max = acc.oldest_unreceived_max.max(waiting);
+            acc.backlog_total = acc.backlog_total.saturating_add(backlog);
+            acc.backlog_max = acc.backlog_max.max(backlog);
+        };
+        if node_groups {
+            let mut acc = ConnectivityAccumulator::default();
+            add(&mut acc);
+            per_node.push(acc.finish(node));
+        } else {
+            for g in FleetRows::groups(row, by) {
+                add(groups[*g as usize].get_or_insert_default());
+            }
         }
     }
-    groups
-        .into_values()
-        .map(|mut a| {
-            let n = a.nodes.max(1) as u64;
-            a.sync_debt_mean = Span::from_secs(debt_sum.get(&a.group).copied().unwrap_or(0) / n);
-            a.backlog_mean = a.backlog_total as f64 / n as f64;
-            a
-        })
-        .collect()
+    if node_groups {
+        return per_node;
+    }
+    rows.sorted(groups, |name, acc| acc.finish(name))
 }
 
 /// Progress of updates towards one target version.
@@ -215,66 +256,106 @@ fn phase_name(p: LifecyclePhase) -> &'static str {
     }
 }
 
-/// Lifecycle per group.
+const PHASES: [LifecyclePhase; 5] = [
+    LifecyclePhase::Provisioning,
+    LifecyclePhase::Active,
+    LifecyclePhase::Maintenance,
+    LifecyclePhase::Decommissioning,
+    LifecyclePhase::Decommissioned,
+];
+
+/// Lifecycle of a group, accumulated node by node.
+#[derive(Clone, Debug, Default)]
+struct LifecycleAccumulator<'a> {
+    nodes: usize,
+    phases: [usize; PHASES.len()],
+    /// Per target version id: initiated, in progress, succeeded, failed.
+    updates: BTreeMap<u32, [usize; 4]>,
+    /// Nodes in maintenance, in node order.
+    maintenance: Vec<&'a str>,
+}
+
+/// Lifecycle per group, groups sorted by name.
 pub fn lifecycle_by(engine: &ProjectionEngine, by: GroupBy) -> Vec<LifecycleAggregate> {
-    let mut groups: BTreeMap<String, (LifecycleAggregate, BTreeMap<String, UpdateProgressView>)> =
-        BTreeMap::new();
-    for (node, view) in engine.nodes() {
-        let lc = &view.twin.lifecycle;
-        for g in groups_of(node, &view.twin, by) {
-            let (agg, updates) = groups.entry(g.clone()).or_insert_with(|| {
-                (
-                    LifecycleAggregate {
-                        group: g.clone(),
-                        phases: [
-                            "provisioning",
-                            "active",
-                            "maintenance",
-                            "decommissioning",
-                            "decommissioned",
-                        ]
-                        .iter()
-                        .map(|p| (p.to_string(), 0))
-                        .collect(),
-                        ..LifecycleAggregate::default()
-                    },
-                    BTreeMap::new(),
-                )
-            });
-            agg.nodes += 1;
-            *agg.phases
-                .entry(phase_name(lc.phase).to_owned())
-                .or_default() += 1;
-            if let Some(u) = &lc.update {
-                let p = updates
-                    .entry(u.to_version.clone())
-                    .or_insert_with(|| UpdateProgressView {
-                        to_version: u.to_version.clone(),
-                        ..UpdateProgressView::default()
-                    });
-                p.initiated += 1;
-                match u.succeeded {
-                    None => p.in_progress += 1,
-                    Some(true) => p.succeeded += 1,
-                    Some(false) => p.failed += 1,
+    let rows = engine.rows();
+    let node_groups = by == GroupBy::Node;
+    let mut groups: Vec<Option<LifecycleAccumulator<'_>>> = if node_groups {
+        Vec::new()
+    } else {
+        vec![None; rows.group_count()]
+    };
+    let finish = |name: &str, acc: LifecycleAccumulator<'_>| {
+        let mut updates: Vec<UpdateProgressView> = acc
+            .updates
+            .into_iter()
+            .map(|(id, [initiated, in_progress, succeeded, failed])| UpdateProgressView {
+                to_version: rows.name(id).to_owned(),
+                initiated,
+                in_progress,
+                succeeded,
+                failed,
+            })
+            .collect();
+        updates.sort_by(|a, b| a.to_version.cmp(&b.to_version));
+        LifecycleAggregate {
+            group: name.to_owned(),
+            nodes: acc.nodes,
+            phases: PHASES
+                .iter()
+                .zip(acc.phases)
+                .map(|(p, n)| (phase_name(*p).to_owned(), n))
+                .collect(),
+            updates,
+            maintenance: acc
+                .maintenance
+                .into_iter()
+                .filter_map(|node| {
+                    let m = engine.node(node)?.twin.lifecycle.maintenance.as_ref()?;
+                    Some(MaintenanceView {
+                        node: node.to_owned(),
+                        window_id: m.window_id.clone(),
+                        reason: m.reason.clone(),
+                        started_at: m.started_at,
+                        planned_end: m.planned_end,
+                    })
+                })
+                .collect(),
+        }
+    };
+    let mut per_node = Vec::new();
+    for (node, row) in rows.iter() {
+        let add = |acc: &mut LifecycleAccumulator<'_>| {
+            acc.nodes += 1;
+            acc.phases[row.phase as usize] += 1;
+            if let Some((to, outcome)) = row.update {
+                let p = acc.updates.entry(to).or_default();
+                p[0] += 1;
+                match outcome {
+                    None => p[1] += 1,
+                    Some(true) => p[2] += 1,
+                    Some(false) => p[3] += 1,
                 }
             }
-            if let Some(m) = &lc.maintenance {
-                agg.maintenance.push(MaintenanceView {
-                    node: node.clone(),
-                    window_id: m.window_id.clone(),
-                    reason: m.reason.clone(),
-                    started_at: m.started_at,
-                    planned_end: m.planned_end,
-                });
+        };
+        if node_groups {
+            let mut acc = LifecycleAccumulator::default();
+            add(&mut acc);
+            if row.maintenance {
+                acc.maintenance.push(node);
+            }
+            per_node.push(finish(node, acc));
+        } else {
+            for g in FleetRows::groups(row, by) {
+                let acc = groups[*g as usize].get_or_insert_default();
+                add(acc);
+                if row.maintenance {
+                    acc.maintenance.push(node);
+                }
             }
         }
     }
-    groups
-        .into_values()
-        .map(|(mut agg, updates)| {
-            agg.updates = updates.into_values().collect();
-            agg
-        })
-        .collect()
+    if node_groups {
+        return per_node;
+    }
+    rows.sorted(groups, finish)
 }
