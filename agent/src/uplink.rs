@@ -251,7 +251,9 @@ pub async fn run(
         }
     }
     endpoint.close(quinn::VarInt::from_u32(0), b"agent stopping");
-    endpoint.wait_idle().await;
+    // Bounded: draining lasts 3 PTO, which a busy moment can inflate to
+    // tens of seconds (RFC 9000 §10.2 allows ending it early on exit).
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     Ok(())
 }
 

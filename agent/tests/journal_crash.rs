@@ -10,6 +10,10 @@
 //!   seen before the kill is unchanged (no fork);
 //!
 //! and then lets the next child continue on the same journal.
+//!
+//! A SIGKILL loses the process, not the page cache: this checks redb's
+//! atomic commits and the journal's head handling, not power loss (redb's
+//! own crash tests freeze fsync for that).
 
 use rand::{Rng, SeedableRng};
 use std::io::{BufRead, BufReader};
@@ -63,6 +67,9 @@ fn sigkill_at_random_moments_loses_no_returned_append() {
     let mut witnesses: Vec<(u64, Digest)> = Vec::new();
     let mut last_head = 2;
     let mut kills_mid_run = 0;
+    // Rounds killed inside a commit (or just after it) whose events were
+    // written already: they survive, the printed head lags behind.
+    let mut unreported_commits = 0;
     for round in 0..KILLS {
         let mut child = spawn_loop(&dir, rng.r#gen());
         let lines = read_lines(&mut child);
@@ -97,6 +104,9 @@ fn sigkill_at_random_moments_loses_no_returned_append() {
             head.seq
         );
         assert!(head.seq >= last_head, "round {round}: head went back");
+        if head.seq > printed_head.max(last_head) {
+            unreported_commits += 1;
+        }
         assert_eq!(
             report.events, head.seq,
             "round {round}: events 1..=head all held"
@@ -127,7 +137,7 @@ fn sigkill_at_random_moments_loses_no_returned_append() {
         "most kills must land while appending ({kills_mid_run}/{KILLS})"
     );
     println!(
-        "{KILLS} kills, final head {last_head}, {:.1}s",
+        "{KILLS} kills ({unreported_commits} inside a commit), final head {last_head}, {:.1}s",
         started.elapsed().as_secs_f64()
     );
 }

@@ -421,6 +421,50 @@ fn rss() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// CPU time this process has used (user + system), from `/proc/self/stat`
+/// (10 ms resolution). Beside wall time, it shows what the work costs when
+/// other processes compete for the cores.
+fn cpu_time() -> Duration {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            // After the command: state is field 3; utime 14 and stime 15.
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            Some(utime + stime)
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Run in a child process: load a snapshot into a fresh heap and report
+/// the resident memory it takes per twin.
+fn measure_snapshot(path: &str) {
+    let before = rss();
+    let bytes = std::fs::read(path).expect("read");
+    let engine = ProjectionEngine::from_snapshot(&bytes).expect("decode");
+    drop(bytes);
+    let after = rss();
+    let per_twin = after.saturating_sub(before) as f64 / engine.len().max(1) as f64;
+    println!(
+        "  resident memory after a restart from the snapshot (fresh process): {:.1} MiB -> {:.1} MiB = {:.0} bytes/twin ({:.2} KiB/twin, target <= 4 KiB: {})",
+        mib(before),
+        mib(after),
+        per_twin,
+        per_twin / 1024.0,
+        if per_twin <= 4096.0 { "met" } else { "MISSED" }
+    );
+    black_box(engine);
+}
+
 struct Latencies(Vec<Duration>);
 
 impl Latencies {
@@ -462,6 +506,10 @@ fn mib(bytes: u64) -> f64 {
 }
 
 fn main() {
+    if let Ok(path) = std::env::var("SX_BENCH_MEASURE_SNAPSHOT") {
+        measure_snapshot(&path);
+        return;
+    }
     let nodes = env("SX_BENCH_NODES", 100_000);
     let per_node = env("SX_BENCH_EVENTS_PER_NODE", 100);
     let store_nodes = env("SX_BENCH_STORE_NODES", 10_000).min(nodes);
@@ -470,7 +518,8 @@ fn main() {
     let fleet = Fleet { nodes };
     println!(
         "projection benchmark: {nodes} twins x {per_node} events = {total} events \
-         (store-backed: {store_nodes} twins)"
+         (store-backed: {store_nodes} twins); load average at start: {}",
+        load_average()
     );
 
     // 1. Full rebuild through the engine, memory per twin.
@@ -480,22 +529,32 @@ fn main() {
     let mut rng = Rng(7);
     let mut applying = Duration::ZERO;
     let mut generating = Duration::ZERO;
+    let mut generating_cpu = Duration::ZERO;
+    let cpu_start = cpu_time();
     for i in 0..nodes {
         let t = Instant::now();
+        let c = cpu_time();
         let events = fleet.history(i, per_node, &mut rng);
+        generating_cpu += cpu_time() - c;
         generating += t.elapsed();
         let t = Instant::now();
         black_box(engine.apply(events.iter()));
         applying += t.elapsed();
     }
+    let applying_cpu = (cpu_time() - cpu_start).saturating_sub(generating_cpu);
     let rss_after = rss();
     let per_twin = rss_after.saturating_sub(rss_before) as f64 / nodes as f64;
     println!("\n1. full rebuild through ProjectionEngine::apply (in-memory events)");
     println!(
-        "  applied {total} events in {applying:.2?}: {:.0} events/s ({:.0} ns/event); \
+        "  applied {total} events in {applying:.2?} wall: {:.0} events/s ({:.0} ns/event); \
          generating them took {generating:.2?} (not counted)",
         total as f64 / applying.as_secs_f64(),
         applying.as_nanos() as f64 / total as f64
+    );
+    println!(
+        "  CPU time of the apply (approx., 10 ms ticks minus generation): {applying_cpu:.2?}: {:.0} events/s ({:.0} ns/event)",
+        total as f64 / applying_cpu.as_secs_f64().max(1e-9),
+        applying_cpu.as_nanos() as f64 / total as f64
     );
     println!(
         "  resident memory: {:.1} MiB -> {:.1} MiB = {:.0} bytes/twin ({:.2} KiB/twin, target <= 4 KiB: {})",
@@ -547,15 +606,18 @@ fn main() {
         });
     }
     let t = Instant::now();
+    let c = cpu_time();
     for e in &live {
         black_box(engine.apply(std::iter::once(e)));
     }
     let took = t.elapsed();
+    let took_cpu = cpu_time() - c;
     println!("\n2. incremental update (one event per apply, random nodes of the full fleet)");
     println!(
-        "  {live_events} events in {took:.2?}: {:.0} ns/event ({:.0} events/s)",
+        "  {live_events} events in {took:.2?} wall: {:.0} ns/event ({:.0} events/s); CPU {took_cpu:.2?}: {:.0} ns/event",
         took.as_nanos() as f64 / live_events as f64,
-        live_events as f64 / took.as_secs_f64()
+        live_events as f64 / took.as_secs_f64(),
+        took_cpu.as_nanos() as f64 / live_events as f64,
     );
     drop(live);
     if stop_after < 3 {
@@ -584,7 +646,7 @@ fn main() {
         black_box(engine.graph().neighbours(&ids[i], None));
     })
     .report("neighbours of a node", target);
-    Latencies::measure(50, |_| {
+    Latencies::measure(200, |_| {
         black_box(views::drift_by(&engine, GroupBy::Zone));
     })
     .report("drift_by(Zone)", target);
@@ -606,7 +668,7 @@ fn main() {
             )
         })
         .collect();
-    Latencies::measure(50, |_| {
+    Latencies::measure(200, |_| {
         black_box(views::connectivity_by(
             &engine,
             &observed,
@@ -617,7 +679,7 @@ fn main() {
     })
     .report("connectivity_by(Global), 100% observed", target);
     let none = HashMap::new();
-    Latencies::measure(50, |_| {
+    Latencies::measure(200, |_| {
         black_box(views::connectivity_by(
             &engine,
             &none,
@@ -685,6 +747,13 @@ fn main() {
     let write = t.elapsed();
     let size = bytes.len();
     drop(bytes);
+    match std::process::Command::new(std::env::current_exe().expect("own path"))
+        .env("SX_BENCH_MEASURE_SNAPSHOT", &path)
+        .output()
+    {
+        Ok(out) => print!("{}", String::from_utf8_lossy(&out.stdout)),
+        Err(e) => println!("  (could not measure the restarted engine's memory: {e})"),
+    }
     let t = Instant::now();
     let bytes = std::fs::read(&path).expect("read");
     let read = t.elapsed();

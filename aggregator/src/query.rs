@@ -39,6 +39,109 @@ pub fn routes() -> Router<Arc<Shared>> {
             get(desired_changes).post(change_desired),
         )
         .route("/api/v1/stream", get(stream))
+        .route("/api/v1/graph", get(graph))
+        .route("/api/v1/graph/neighbours/{node}", get(neighbours))
+        .route("/api/v1/graph/impact", get(impact))
+        .route("/api/v1/twins/{node}/trust", get(trust))
+        .route("/api/v1/trust/alerts", get(trust_alerts))
+}
+
+async fn graph(
+    State(shared): State<Arc<Shared>>,
+    Query(filter): Query<crate::projection::graph::GraphFilter>,
+) -> Json<Value> {
+    Json(json!(shared
+        .projections
+        .read(|e| crate::projection::graph::view(e, &filter))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NeighbourQuery {
+    #[serde(rename = "type")]
+    link_type: Option<String>,
+}
+
+async fn neighbours(
+    State(shared): State<Arc<Shared>>,
+    Path(node): Path<String>,
+    Query(q): Query<NeighbourQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let link_type = q
+        .link_type
+        .as_deref()
+        .map(|t| serde_json::from_value::<sx_common::model::LinkType>(json!(t)))
+        .transpose()
+        .map_err(|_| bad_request("type must be signaling, media, control or bypass"))?;
+    shared
+        .projections
+        .read(|e| e.graph().neighbours(&node, link_type))
+        .map(|n| Json(json!({ "node": node, "neighbours": n })))
+        .ok_or_else(|| unknown_node(&node))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImpactQuery {
+    node: Option<String>,
+    zone: Option<String>,
+    cluster: Option<String>,
+}
+
+async fn impact(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<ImpactQuery>,
+) -> Result<Json<Value>, ApiError> {
+    use crate::projection::graph::Outage;
+    let outage = match (q.node, q.zone) {
+        (Some(n), None) => Outage::Node(n),
+        (None, Some(z)) => Outage::Zone(z),
+        _ => return Err(bad_request("give exactly one of node= or zone=")),
+    };
+    shared.projections.read(|e| {
+        let g = e.graph();
+        if let Outage::Node(n) = &outage
+            && !g.contains(n)
+        {
+            return Err(unknown_node(n));
+        }
+        match &q.cluster {
+            Some(c) => g
+                .impact(&outage, c)
+                .map(|i| Json(json!(i)))
+                .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown cluster {c:?}"))),
+            None => Ok(Json(json!({ "impacts": g.impact_all(&outage) }))),
+        }
+    })
+}
+
+async fn trust(
+    State(shared): State<Arc<Shared>>,
+    Path(node): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = shared.store.node(&node).map_err(internal)?;
+    let forks = shared.store.forks().map_err(internal)?;
+    let refusals = shared.refusals.recent();
+    let policy = crate::projection::trust::TrustPolicy::default();
+    let now = Timestamp::now();
+    shared
+        .projections
+        .read(|e| {
+            crate::projection::trust::index(e, &node, record.as_ref(), &forks, &refusals, &policy, now)
+        })
+        .map(|t| Json(json!(t)))
+        .ok_or_else(|| unknown_node(&node))
+}
+
+async fn trust_alerts(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, ApiError> {
+    let records = shared.store.nodes().map_err(internal)?;
+    let forks = shared.store.forks().map_err(internal)?;
+    let refusals = shared.refusals.recent();
+    let policy = crate::projection::trust::TrustPolicy::default();
+    let now = Timestamp::now();
+    Ok(Json(json!(shared.projections.read(|e| {
+        crate::projection::trust::fleet_alerts(e, &records, &forks, &refusals, &policy, now)
+    }))))
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {

@@ -172,7 +172,11 @@ pub async fn run(
     api.abort();
     crl_watch.abort();
     snapshots.abort();
-    endpoint.wait_idle().await;
+    // Give peers a moment to learn of the close, but no more: a closed
+    // connection drains for 3 PTO, and a PTO inflated by a busy moment made
+    // shutdown wait tens of seconds. RFC 9000 §10.2 lets an endpoint that
+    // closes its socket end draining early.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
     follower.abort();
     projections
         .catch_up()

@@ -372,7 +372,9 @@ fn reference_connectivity(
             for n in nodes {
                 let Some(v) = engine.node(n) else { continue };
                 let o = observed.get(n);
-                let last_sync = o.and_then(|o| o.last_sync).or(v.twin.connectivity.last_sync);
+                let last_sync = o
+                    .and_then(|o| o.last_sync)
+                    .or(v.twin.connectivity.last_sync);
                 let debt = last_sync.map_or(Span::ZERO, |t| now.since(t));
                 let backlog = o.map_or(v.twin.connectivity.message_backlog, |o| o.backlog);
                 a.nodes += 1;
@@ -404,10 +406,16 @@ fn reference_lifecycle(engine: &ProjectionEngine, by: GroupBy) -> Vec<views::Lif
         .map(|(g, nodes)| {
             let mut a = views::LifecycleAggregate {
                 group: g,
-                phases: ["provisioning", "active", "maintenance", "decommissioning", "decommissioned"]
-                    .iter()
-                    .map(|p| (p.to_string(), 0))
-                    .collect(),
+                phases: [
+                    "provisioning",
+                    "active",
+                    "maintenance",
+                    "decommissioning",
+                    "decommissioned",
+                ]
+                .iter()
+                .map(|p| (p.to_string(), 0))
+                .collect(),
                 ..Default::default()
             };
             let mut updates: BTreeMap<String, views::UpdateProgressView> = BTreeMap::new();
@@ -471,7 +479,10 @@ fn check_views(engine: &ProjectionEngine, now: Timestamp) -> Result<(), TestCase
     let stale_after = Span::from_mins(30);
     for by in GROUPINGS {
         prop_assert_eq!(views::drift_by(engine, by), reference_drift(engine, by));
-        prop_assert_eq!(views::lifecycle_by(engine, by), reference_lifecycle(engine, by));
+        prop_assert_eq!(
+            views::lifecycle_by(engine, by),
+            reference_lifecycle(engine, by)
+        );
         prop_assert_eq!(
             views::connectivity_by(engine, &observed, by, stale_after, now),
             reference_connectivity(engine, &observed, by, stale_after, now)
@@ -572,6 +583,12 @@ fn run(scenario: Scenario) -> Result<(), TestCaseError> {
     let now = service::engine_as_of(&store, None, latest).map_err(fail)?;
     prop_assert_eq!(&now, &rebuilt, "as of the latest instant != current");
 
+    // Every stored analysis is the analysis of the twin as it stands.
+    for (_, view) in incremental.nodes() {
+        let fresh = drift::analyze(&view.twin, incremental.desired());
+        prop_assert_eq!(&view.summary, &drift::DriftSummary::of(&fresh, &view.twin));
+        prop_assert_eq!(&view.drift, &fresh);
+    }
     check_views(&incremental, latest)?;
     check_views(&restored, latest)?;
 

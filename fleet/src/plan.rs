@@ -6,9 +6,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use sx_common::desired::{
-    ConfigRule, DesiredSpec, PolicyRule, ReleaseEntry, Scope, VersionRule,
-};
+use sx_common::desired::{ConfigRule, DesiredSpec, PolicyRule, ReleaseEntry, Scope, VersionRule};
 use sx_common::model::ConfigValue;
 
 pub const REMPART: &str = "souverix-rempart";
@@ -256,7 +254,11 @@ impl FleetPlan {
             };
             config.insert(key.clone(), drifted);
         }
-        let policy = if rng.gen_bool(0.1) { OLD_POLICY } else { POLICY };
+        let policy = if rng.gen_bool(0.1) {
+            OLD_POLICY
+        } else {
+            POLICY
+        };
         NodePlan {
             id,
             component: component.to_owned(),
@@ -344,7 +346,11 @@ pub fn inventory(n: &NodePlan, seed: u64) -> Vec<(&'static str, Value)> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (seed, &n.id, what).hash(&mut h);
-        format!("sha256:{:016x}{:016x}", h.finish(), h.finish().rotate_left(17))
+        format!(
+            "sha256:{:016x}{:016x}",
+            h.finish(),
+            h.finish().rotate_left(17)
+        )
     };
     let serial = format!(
         "SX-{}-{}",
@@ -379,10 +385,7 @@ pub fn inventory(n: &NodePlan, seed: u64) -> Vec<(&'static str, Value)> {
                 "dependencies": ["openssl-3.0.13", "rustls-0.23", "quinn-0.11"],
             }),
         ),
-        (
-            "inventory.config",
-            json!({ "values": n.config }),
-        ),
+        ("inventory.config", json!({ "values": n.config })),
         (
             "inventory.policy",
             json!({
@@ -439,17 +442,36 @@ mod tests {
         let ids = |p: &FleetPlan| p.nodes.iter().map(|n| n.id.clone()).collect::<Vec<_>>();
         assert_eq!(ids(&a), ids(&b));
         assert_eq!(
-            a.nodes.iter().map(|n| n.version.clone()).collect::<Vec<_>>(),
-            b.nodes.iter().map(|n| n.version.clone()).collect::<Vec<_>>()
+            a.nodes
+                .iter()
+                .map(|n| n.version.clone())
+                .collect::<Vec<_>>(),
+            b.nodes
+                .iter()
+                .map(|n| n.version.clone())
+                .collect::<Vec<_>>()
         );
         assert_eq!(a.connected().count(), 60);
         assert_eq!(a.nodes.len(), 62);
-        for zone in ["edge-zone-a1", "core-zone-a2", "edge-zone-b1", "core-zone-b2"] {
-            assert!(a.nodes.iter().any(|n| n.zone == zone && n.component == COEUR));
+        for zone in [
+            "edge-zone-a1",
+            "core-zone-a2",
+            "edge-zone-b1",
+            "core-zone-b2",
+        ] {
+            assert!(
+                a.nodes
+                    .iter()
+                    .any(|n| n.zone == zone && n.component == COEUR)
+            );
         }
         let mut seen = std::collections::HashSet::new();
         assert!(a.nodes.iter().all(|n| seen.insert(n.id.clone())));
-        assert!(a.nodes.iter().all(|n| sx_certs::validate_name("node id", &n.id).is_ok()));
+        assert!(
+            a.nodes
+                .iter()
+                .all(|n| sx_certs::validate_name("node id", &n.id).is_ok())
+        );
     }
 
     #[test]

@@ -401,7 +401,9 @@ pub fn run_cli(bin: &Path, args: &[&std::ffi::OsStr]) -> Result<String> {
     if !out.status.success() {
         bail!(
             "{} {:?} failed: {}",
-            bin.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+            bin.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default(),
             args,
             String::from_utf8_lossy(&out.stderr).trim()
         );

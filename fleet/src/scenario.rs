@@ -101,12 +101,14 @@ fn fresh_root(dir: &std::path::Path) -> Result<PathBuf> {
             );
         }
         if !empty {
-            std::fs::remove_dir_all(dir)
-                .with_context(|| format!("clearing {}", dir.display()))?;
+            std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
         }
     }
     std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join(MARKER), "made by sx-fleet; emptied on its next run\n")?;
+    std::fs::write(
+        dir.join(MARKER),
+        "made by sx-fleet; emptied on its next run\n",
+    )?;
     Ok(std::fs::canonicalize(dir)?)
 }
 
@@ -248,12 +250,9 @@ impl Fleet {
         let ca = self.pki.ca_path();
         let nodes: Vec<NodePlan> = self.plan.nodes.clone();
         for (i, n) in nodes.iter().enumerate() {
-            let issued = self.pki.issue_node(&NodeRequest::new(
-                &n.id,
-                &n.component,
-                &n.region,
-                &n.zone,
-            ))?;
+            let issued =
+                self.pki
+                    .issue_node(&NodeRequest::new(&n.id, &n.component, &n.region, &n.zone))?;
             let config = (!n.air_gapped).then(|| {
                 procs::agent_config_text(self.aggregators[n.region_index].quic, n.slow_link)
             });
@@ -325,7 +324,9 @@ impl Fleet {
     }
 
     fn agent_mut(&mut self, node: &str) -> &mut Agent {
-        self.agents.get_mut(node).expect("planned node has an agent")
+        self.agents
+            .get_mut(node)
+            .expect("planned node has an agent")
     }
 
     /// Waits until every listed node is connected with nothing left to send.
@@ -582,8 +583,7 @@ impl Fleet {
             let a = &self.agents[id];
             for k in 0..3 {
                 let p = json!({ "from": "in-service", "to": "degraded", "reason": format!("power cut {k}") });
-                if a
-                    .record_cli(&self.bins, "operational.state_transition", &p)
+                if a.record_cli(&self.bins, "operational.state_transition", &p)
                     .is_ok()
                 {
                     recorded += 1;
@@ -775,7 +775,10 @@ impl Fleet {
         let data_dir = self.agents[&n.id].data_dir.clone();
         self.agent_mut(&n.id).stop();
         for f in ["node.pem", "node.key"] {
-            std::fs::copy(data_dir.join(f), data_dir.join(format!("{f}.before-rotation")))?;
+            std::fs::copy(
+                data_dir.join(f),
+                data_dir.join(format!("{f}.before-rotation")),
+            )?;
         }
         std::fs::copy(&issued.cert_path, data_dir.join("node.pem"))?;
         std::fs::copy(&issued.key_path, data_dir.join("node.key"))?;
@@ -783,7 +786,10 @@ impl Fleet {
         if let Err(e) = self.agent_mut(&n.id).wait_socket(Duration::from_secs(20)) {
             // Put the old identity back so the node keeps running.
             for f in ["node.pem", "node.key"] {
-                std::fs::copy(data_dir.join(format!("{f}.before-rotation")), data_dir.join(f))?;
+                std::fs::copy(
+                    data_dir.join(format!("{f}.before-rotation")),
+                    data_dir.join(f),
+                )?;
             }
             self.start_agent(&n.id)?;
             let log = std::fs::read_to_string(&self.agents[&n.id].log).unwrap_or_default();
@@ -798,7 +804,11 @@ impl Fleet {
                  refuses to run on the new key ({}): the journal pins the node's key, and \
                  `sx-agent init --force` would start a new journal (seq 1 again, a fork for the \
                  aggregator); the agent needs a `rotate` command; node restored on its old certificate",
-                if why.is_empty() { format!("{e:#}") } else { why }
+                if why.is_empty() {
+                    format!("{e:#}")
+                } else {
+                    why
+                }
             );
         }
         self.agents[&n.id].record_batch(&[(
@@ -904,7 +914,9 @@ impl Fleet {
                     "certificate from \"rogue-ca\" naming {}: {} ({})",
                     v["victim"].as_str().unwrap_or("?"),
                     if ok { "refused" } else { "NOT refused" },
-                    v["refusals"][0]["detail"].as_str().unwrap_or("no refusal recorded")
+                    v["refusals"][0]["detail"]
+                        .as_str()
+                        .unwrap_or("no refusal recorded")
                 );
                 self.outcomes.impostor = v;
                 self.step("impostor refused", ok, detail);
@@ -947,7 +959,9 @@ impl Fleet {
                     "{} revoked (key-compromise), reconnection {} ({}); its agent stays down",
                     v["node"].as_str().unwrap_or("?"),
                     if ok { "refused" } else { "NOT refused" },
-                    v["refusals"][0]["detail"].as_str().unwrap_or("no refusal recorded")
+                    v["refusals"][0]["detail"]
+                        .as_str()
+                        .unwrap_or("no refusal recorded")
                 );
                 self.outcomes.revoked = v;
                 self.step("revoked node refused", ok, detail);
@@ -965,7 +979,13 @@ impl Fleet {
     fn air_gapped_site(&mut self, round: u32) {
         let result = (|| -> Result<Value> {
             let r = 1;
-            let nodes: Vec<NodePlan> = self.plan.nodes.iter().filter(|n| n.air_gapped).cloned().collect();
+            let nodes: Vec<NodePlan> = self
+                .plan
+                .nodes
+                .iter()
+                .filter(|n| n.air_gapped)
+                .cloned()
+                .collect();
             let bundles = self.root.join("bundles");
             let receipts = self.root.join("receipts");
             std::fs::create_dir_all(&bundles)?;
@@ -1035,7 +1055,9 @@ impl Fleet {
                     receipted += 1;
                 }
             }
-            Ok(json!({ "round": round, "files": files.len(), "imported": imported, "receipts": receipted }))
+            Ok(
+                json!({ "round": round, "files": files.len(), "imported": imported, "receipts": receipted }),
+            )
         })();
         let name = format!("air-gapped site, bundle round {round}");
         match result {
@@ -1071,11 +1093,18 @@ impl Fleet {
                 .collect();
             let ids: Vec<String> = running
                 .into_iter()
-                .filter(|id| self.plan.node_by_id(id).is_some_and(|n| n.region_index == r))
+                .filter(|id| {
+                    self.plan
+                        .node_by_id(id)
+                        .is_some_and(|n| n.region_index == r)
+                })
                 .collect();
             let ok = self.wait_synced(r, &ids, Duration::from_secs(30));
             if !ok {
-                self.say(&format!("{}: not every node synced before the summary", self.plan.regions[r].name));
+                self.say(&format!(
+                    "{}: not every node synced before the summary",
+                    self.plan.regions[r].name
+                ));
             }
         }
     }

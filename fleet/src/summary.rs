@@ -98,10 +98,19 @@ pub fn print(summary: &Value) {
     println!("=== summary (seed {}) ===", summary["seed"]);
     println!("events stored:          {}", t["events_stored"]);
     println!("nodes:                  {}", t["nodes"]);
-    println!("nodes by connectivity:  {}", counts(&t["nodes_by_connectivity"]));
-    println!("drift by severity:      {}", counts(&t["drift_by_severity"]));
+    println!(
+        "nodes by connectivity:  {}",
+        counts(&t["nodes_by_connectivity"])
+    );
+    println!(
+        "drift by severity:      {}",
+        counts(&t["drift_by_severity"])
+    );
     println!("lifecycle:              {}", counts(&t["lifecycle"]));
-    println!("refusals by reason:     {}", counts(&t["refusals_by_reason"]));
+    println!(
+        "refusals by reason:     {}",
+        counts(&t["refusals_by_reason"])
+    );
     for a in summary["aggregators"].as_array().into_iter().flatten() {
         println!(
             "  {} ({}): {} events, {} nodes, UI {}",
@@ -121,7 +130,11 @@ pub fn print(summary: &Value) {
         }
     }
     println!("scenario steps:");
-    for s in summary["outcomes"]["steps"].as_array().into_iter().flatten() {
+    for s in summary["outcomes"]["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         println!(
             "  [{}] {}: {}",
             if s["ok"] == true { "ok" } else { "FAILED" },

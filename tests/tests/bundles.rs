@@ -293,7 +293,12 @@ fn air_gapped_node_syncs_by_bundles_out_of_order_then_quic() -> Result<()> {
 
     // More events; the default export starts after the receipted mark.
     fill_journal(&data, 13_999, 1_000)?;
-    let b4 = site.export(&data, "b4.sxbundle", &[])?;
+    // Uncompressed: above the API's 1 MiB default body limit.
+    let b4 = site.export(&data, "b4.sxbundle", &["--no-compress"])?;
+    assert!(
+        seq(&b4, "bytes") > sx_aggregator::api::MAX_BODY_BYTES as u64,
+        "{b4}"
+    );
     assert_eq!(
         (seq(&b4, "first_seq"), seq(&b4, "last_seq")),
         (36_001, 50_000)
@@ -393,7 +398,7 @@ fn bad_bundles_are_refused_by_cause_and_change_nothing() -> Result<()> {
         rng_state
     };
     let mut flips: Vec<usize> = (0..12).map(|i| i * 2).collect(); // magic, version, envelope
-    flips.extend((0..24).map(|_| (next() % good_bytes.len() as u64) as usize));
+    flips.extend((0..12).map(|_| (next() % good_bytes.len() as u64) as usize));
     for (i, at) in flips.into_iter().enumerate() {
         let mut bytes = good_bytes.clone();
         bytes[at] ^= 1 << (next() % 8);

@@ -15,7 +15,16 @@ fn run_fleet(data_dir: &std::path::Path) -> Result<(String, Value)> {
     let fleet = bin("sx-fleet");
     let bin_dir = fleet.parent().context("bin dir")?.to_path_buf();
     let mut child = Command::new(&fleet)
-        .args(["--nodes", "12", "--duration", "30s", "--seed", "7", "--rate", "2"])
+        .args([
+            "--nodes",
+            "12",
+            "--duration",
+            "30s",
+            "--seed",
+            "7",
+            "--rate",
+            "2",
+        ])
         .arg("--data-dir")
         .arg(data_dir)
         .arg("--bin-dir")
@@ -56,7 +65,10 @@ fn run_fleet(data_dir: &std::path::Path) -> Result<(String, Value)> {
 fn step<'a>(summary: &'a Value, name: &str) -> &'a Value {
     summary["outcomes"]["steps"]
         .as_array()
-        .and_then(|s| s.iter().find(|s| s["name"].as_str().is_some_and(|n| n.starts_with(name))))
+        .and_then(|s| {
+            s.iter()
+                .find(|s| s["name"].as_str().is_some_and(|n| n.starts_with(name)))
+        })
         .unwrap_or(&Value::Null)
 }
 
@@ -72,7 +84,10 @@ fn sx_fleet_runs_a_fleet_through_its_scenarios() -> Result<()> {
     assert_eq!(t["nodes"], 14, "{t}");
     assert!(t["events_stored"].as_u64().unwrap_or(0) > 100, "{t}");
     assert_eq!(s["aggregators"].as_array().map(Vec::len), Some(2));
-    assert!(stdout.contains("UI http://127.0.0.1:"), "the UI address is printed");
+    assert!(
+        stdout.contains("UI http://127.0.0.1:"),
+        "the UI address is printed"
+    );
 
     // Every scripted step but the certificate rotation must succeed.
     for name in [
@@ -93,7 +108,13 @@ fn sx_fleet_runs_a_fleet_through_its_scenarios() -> Result<()> {
     // The regional outage: nodes went down the spectrum on their own and
     // came back through returning and replaying.
     let states = &s["outcomes"]["outage_states"];
-    for state in ["edge-cached", "autonomous", "returning", "replaying", "live"] {
+    for state in [
+        "edge-cached",
+        "autonomous",
+        "returning",
+        "replaying",
+        "live",
+    ] {
         assert!(states[state].as_u64().unwrap_or(0) > 0, "{state}: {states}");
     }
     assert!(s["outcomes"]["stale_observed"].as_u64().unwrap_or(0) >= 1);
@@ -109,7 +130,13 @@ fn sx_fleet_runs_a_fleet_through_its_scenarios() -> Result<()> {
     assert_eq!(s["outcomes"]["rollout"]["failed"], 1);
 
     // The impostor and the revoked node were refused, for those reasons.
-    assert!(t["refusals_by_reason"]["tls-handshake"].as_u64().unwrap_or(0) >= 2, "{t}");
+    assert!(
+        t["refusals_by_reason"]["tls-handshake"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 2,
+        "{t}"
+    );
     let details: Vec<String> = s["aggregators"]
         .as_array()
         .into_iter()
@@ -117,14 +144,25 @@ fn sx_fleet_runs_a_fleet_through_its_scenarios() -> Result<()> {
         .flat_map(|a| a["refusal_details"].as_array().cloned().unwrap_or_default())
         .filter_map(|r| r["detail"].as_str().map(str::to_owned))
         .collect();
-    assert!(details.iter().any(|d| d.contains("UnknownIssuer")), "{details:?}");
+    assert!(
+        details.iter().any(|d| d.contains("UnknownIssuer")),
+        "{details:?}"
+    );
     assert!(details.iter().any(|d| d.contains("Revoked")), "{details:?}");
     assert_eq!(s["outcomes"]["impostor"]["victim_stream_untouched"], true);
 
     // Bundles went both ways.
-    let bundles = s["outcomes"]["bundles"].as_array().cloned().unwrap_or_default();
+    let bundles = s["outcomes"]["bundles"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(bundles.len(), 2);
-    assert!(bundles.iter().all(|b| b["receipts"].as_u64().unwrap_or(0) == 2), "{bundles:?}");
+    assert!(
+        bundles
+            .iter()
+            .all(|b| b["receipts"].as_u64().unwrap_or(0) == 2),
+        "{bundles:?}"
+    );
 
     // Certificate rotation: the event is delivered under the old key; the
     // restart on the new key works once the agent can rotate its journal

@@ -261,7 +261,7 @@ fn bucket(score: u32) -> usize {
 /// id order) for the mean and the ties among the worst nodes to be
 /// reproducible.
 #[derive(Clone, Debug, Default)]
-pub struct DriftAccumulator {
+pub struct DriftAccumulator<'a> {
     nodes: usize,
     by_severity: [usize; Severity::ALL.len()],
     buckets: [usize; BUCKETS.len()],
@@ -269,11 +269,12 @@ pub struct DriftAccumulator {
     compliance_count: usize,
     compliance_min: Option<f64>,
     stale_by_max: Span,
-    worst: Vec<(String, u32)>,
+    /// Highest score first, then node id; at most ten.
+    worst: Vec<(&'a str, u32)>,
 }
 
-impl DriftAccumulator {
-    pub fn add(&mut self, node: &str, s: &DriftSummary) {
+impl<'a> DriftAccumulator<'a> {
+    pub fn add(&mut self, node: &'a str, s: &DriftSummary) {
         self.nodes += 1;
         self.by_severity[s.severity as usize] += 1;
         self.buckets[bucket(s.drift_score)] += 1;
@@ -287,8 +288,9 @@ impl DriftAccumulator {
         if s.drift_score > 0
             && (worst.len() < 10 || worst.last().is_some_and(|w| w.1 < s.drift_score))
         {
-            worst.push((node.to_owned(), s.drift_score));
-            worst.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            let score = s.drift_score;
+            let at = worst.partition_point(|w| w.1 > score || (w.1 == score && w.0 < node));
+            worst.insert(at, (node, s.drift_score));
             worst.truncate(10);
         }
     }
@@ -304,7 +306,11 @@ impl DriftAccumulator {
                 .filter(|(_, n)| *n > 0)
                 .map(|(b, n)| ((*b).to_owned(), n))
                 .collect(),
-            worst_nodes: self.worst,
+            worst_nodes: self
+                .worst
+                .into_iter()
+                .map(|(n, score)| (n.to_owned(), score))
+                .collect(),
             compliance_mean: (self.compliance_count > 0)
                 .then(|| self.compliance_sum / self.compliance_count as f64),
             compliance_min: self.compliance_min,

@@ -6,8 +6,10 @@
 //! analysis and its summary, each remembering the last seq applied, so the
 //! engine updates incrementally after each commit and a rebuild from the
 //! store yields the same engine (invariant 4 of DESIGN.md). Group views
-//! (drift, connectivity, lifecycle per cluster/zone/fleet) are computed from
-//! the small per-node summaries on query.
+//! (drift, connectivity, lifecycle per cluster/zone/fleet) are computed on
+//! query in one pass over a compact row per node ([`rows`]) kept beside
+//! each view; the fleet graph ([`graph`]) is kept up to date with the
+//! twins.
 //!
 //! [`service`] is the driver: it feeds the engine after each commit,
 //! snapshots it, and streams updates to subscribers.
@@ -63,11 +65,64 @@ pub struct NodeChange {
     pub event_types: Vec<String>,
 }
 
+/// A node's view and its row for the group views. The view is boxed (it is
+/// large, and map nodes hold eleven entries inline); the row stays inline
+/// so a pass over the map for a group view touches little memory.
+#[derive(Clone, Debug, Default)]
+struct NodeEntry {
+    view: Box<NodeView>,
+    row: rows::Row,
+}
+
+/// Snapshots hold the views alone (`node id -> NodeView`); rows are derived.
+mod entries {
+    use super::{NodeEntry, NodeView};
+    use serde::de::{MapAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<S: Serializer>(
+        nodes: &BTreeMap<String, NodeEntry>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(nodes.iter().map(|(k, e)| (k, &*e.view)))
+    }
+
+    /// Boxes each view as it is decoded (no intermediate map of large
+    /// inline views).
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<BTreeMap<String, NodeEntry>, D::Error> {
+        struct Entries;
+        impl<'de> Visitor<'de> for Entries {
+            type Value = BTreeMap<String, NodeEntry>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of node ids to node views")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((node, view)) = map.next_entry::<String, NodeView>()? {
+                    let entry = NodeEntry {
+                        view: Box::new(view),
+                        row: Default::default(),
+                    };
+                    out.insert(node, entry);
+                }
+                Ok(out)
+            }
+        }
+        deserializer.deserialize_map(Entries)
+    }
+}
+
 /// The engine. `BTreeMap` keeps node order stable for listings.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+///
+/// Equality is semantic: the same views, desired state, graph and rows
+/// (rows and graph compared by content, not by interned ids or indices).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ProjectionEngine {
-    /// Boxed: a view is large, and map nodes hold eleven entries inline.
-    nodes: BTreeMap<String, Box<NodeView>>,
+    #[serde(with = "entries")]
+    nodes: BTreeMap<String, NodeEntry>,
     desired: DesiredSpec,
     /// Seq of the last desired-state change applied.
     desired_seq: u64,
@@ -76,9 +131,27 @@ pub struct ProjectionEngine {
     /// by [`from_snapshot`](Self::from_snapshot); compared semantically.
     #[serde(skip)]
     graph: graph::FleetGraph,
-    /// One compact row per node for the group views; derived like the graph.
+    /// Names the rows refer to by id; derived like the graph.
     #[serde(skip)]
-    rows: rows::FleetRows,
+    names: rows::GroupNames,
+}
+
+impl PartialEq for ProjectionEngine {
+    fn eq(&self, other: &Self) -> bool {
+        self.desired_seq == other.desired_seq
+            && self.desired == other.desired
+            && self.nodes.len() == other.nodes.len()
+            && self
+                .nodes
+                .iter()
+                .zip(&other.nodes)
+                .all(|((ka, a), (kb, b))| {
+                    ka == kb
+                        && a.view == b.view
+                        && a.row.resolved(&self.names) == b.row.resolved(&other.names)
+                })
+            && self.graph == other.graph
+    }
 }
 
 impl ProjectionEngine {
@@ -96,11 +169,12 @@ impl ProjectionEngine {
         let node = first.node_id.as_str();
         // Only a stream's first event creates a node: a batch that starts
         // past a gap must not leave an empty view behind.
-        let view = match self.nodes.get_mut(node) {
-            Some(view) => view,
+        let entry = match self.nodes.get_mut(node) {
+            Some(entry) => entry,
             None if first.seq == 1 => self.nodes.entry(node.to_owned()).or_default(),
             None => return None,
         };
+        let view = &mut *entry.view;
         let mut change: Option<NodeChange> = None;
         for event in events {
             if event.node_id != node {
@@ -135,10 +209,12 @@ impl ProjectionEngine {
             }
         }
         let mut c = change?;
+        // The lineage grows by push; keep no spare capacity per twin.
+        view.twin.trust.sbom_lineage.shrink_to_fit();
         view.drift = drift::analyze(&view.twin, &self.desired);
         view.summary = DriftSummary::of(&view.drift, &view.twin);
         self.graph.update_node(node, &view.twin);
-        self.rows.update(node, view);
+        entry.row.update(&mut self.names, view);
         c.connectivity = view.twin.connectivity.state;
         c.phase = view.twin.lifecycle.phase;
         c.severity = view.drift.severity;
@@ -152,10 +228,11 @@ impl ProjectionEngine {
         }
         self.desired.apply(&change.change);
         self.desired_seq = change.seq;
-        for (node, view) in &mut self.nodes {
+        for entry in self.nodes.values_mut() {
+            let view = &mut *entry.view;
             view.drift = drift::analyze(&view.twin, &self.desired);
             view.summary = DriftSummary::of(&view.drift, &view.twin);
-            self.rows.update(node, view);
+            entry.row.update(&mut self.names, view);
         }
     }
 
@@ -173,16 +250,21 @@ impl ProjectionEngine {
     }
 
     pub fn node(&self, node: &str) -> Option<&NodeView> {
-        self.nodes.get(node).map(|v| &**v)
+        self.nodes.get(node).map(|e| &*e.view)
     }
 
     pub fn nodes(&self) -> impl Iterator<Item = (&String, &NodeView)> {
-        self.nodes.iter().map(|(k, v)| (k, &**v))
+        self.nodes.iter().map(|(k, e)| (k, &*e.view))
     }
 
-    /// The compact per-node table the group views scan.
-    pub(crate) fn rows(&self) -> &rows::FleetRows {
-        &self.rows
+    /// Every node's row for the group views, in node id order.
+    pub(crate) fn rows(&self) -> impl Iterator<Item = (&str, &rows::Row)> {
+        self.nodes.iter().map(|(k, e)| (k.as_str(), &e.row))
+    }
+
+    /// The names rows refer to.
+    pub(crate) fn names(&self) -> &rows::GroupNames {
+        &self.names
     }
 
     pub fn len(&self) -> usize {
@@ -197,15 +279,15 @@ impl ProjectionEngine {
     pub fn positions(&self) -> BTreeMap<String, u64> {
         self.nodes
             .iter()
-            .map(|(k, v)| (k.clone(), v.last_seq()))
+            .map(|(k, e)| (k.clone(), e.view.last_seq()))
             .collect()
     }
 
     /// The connectivity ledger rows held in memory for a node.
     pub fn recent_ledger(&self, node: &str) -> Option<ConnectivityLedger> {
-        self.nodes.get(node).map(|v| ConnectivityLedger {
+        self.nodes.get(node).map(|e| ConnectivityLedger {
             node: node.to_owned(),
-            history: v.recent_ledger.clone(),
+            history: e.view.recent_ledger.clone(),
         })
     }
 
@@ -218,10 +300,13 @@ impl ProjectionEngine {
     pub fn from_snapshot(bytes: &[u8]) -> Result<Self, sx_common::codec::DecodeError> {
         let mut engine: Self = sx_common::codec::decode_versioned(bytes, usize::MAX)?;
         engine.graph = graph::FleetGraph::from_twins(
-            engine.nodes.iter().map(|(id, v)| (id.as_str(), &v.twin)),
+            engine
+                .nodes
+                .iter()
+                .map(|(id, e)| (id.as_str(), &e.view.twin)),
         );
-        for (node, view) in &engine.nodes {
-            engine.rows.update(node, view);
+        for entry in engine.nodes.values_mut() {
+            entry.row.update(&mut engine.names, &entry.view);
         }
         Ok(engine)
     }

@@ -1,35 +1,37 @@
-//! The fleet table behind the group views: one small row per node holding
-//! exactly what the drift, connectivity and lifecycle views aggregate, with
-//! the node's zone, region and clusters as interned ids.
+//! The rows behind the group views: per node, exactly what the drift,
+//! connectivity and lifecycle views aggregate, with the node's zone, region
+//! and clusters as interned ids.
 //!
-//! The engine keeps it beside the full per-node views and updates a row
-//! whenever it updates the node, so a fleet-wide view is one pass over
-//! compact rows in node id order (the order the views always used, which
-//! keeps float sums and ties reproducible) instead of a walk over every
-//! twin with a string-keyed map per group. Derived data, like the fleet
-//! graph: not in snapshots, rebuilt on load, compared semantically.
+//! The engine keeps a node's row beside its view (inline in the node map,
+//! the view itself boxed) and updates it whenever it updates the view, so a
+//! fleet-wide view is one pass over small rows in node id order (the order
+//! the views always used, which keeps float sums and ties reproducible)
+//! instead of a walk over every twin building string-keyed maps. Derived
+//! data, like the fleet graph: not in snapshots, rebuilt on load, compared
+//! through the names the ids stand for.
 
 use super::NodeView;
 use super::drift::DriftSummary;
 use super::views::GroupBy;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use sx_common::model::{ConnectivityState, DigitalTwin, LifecyclePhase};
 use sx_common::time::Timestamp;
 
 /// The group id of the whole fleet (`"fleet"`).
-pub(crate) const FLEET: u32 = 0;
+const FLEET: u32 = 0;
 
-/// Names (zones, regions, clusters, versions) and their ids.
+/// Group (zone, region, cluster) and version names, and their ids.
+/// Names are never forgotten: a fleet has a bounded vocabulary of them.
 #[derive(Clone, Debug)]
-struct Names {
+pub(crate) struct GroupNames {
     list: Vec<Arc<str>>,
     ids: HashMap<Arc<str>, u32>,
 }
 
-impl Default for Names {
+impl Default for GroupNames {
     fn default() -> Self {
-        let mut names = Names {
+        let mut names = GroupNames {
             list: Vec::new(),
             ids: HashMap::new(),
         };
@@ -38,7 +40,7 @@ impl Default for Names {
     }
 }
 
-impl Names {
+impl GroupNames {
     fn id(&mut self, name: &str) -> u32 {
         if let Some(id) = self.ids.get(name) {
             return *id;
@@ -49,131 +51,14 @@ impl Names {
         self.ids.insert(name, id);
         id
     }
-}
-
-/// What the group views need of one node.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) struct Row {
-    pub(crate) zone: u32,
-    pub(crate) region: u32,
-    /// The clusters the node declared, as declared (to detect changes).
-    declared: Box<[u32]>,
-    /// Every cluster of the node, each once: region and zone clusters and
-    /// the declared ones ([`super::views::clusters_of`]).
-    pub(crate) clusters: Box<[u32]>,
-    pub(crate) summary: DriftSummary,
-    pub(crate) state: ConnectivityState,
-    pub(crate) last_sync: Option<Timestamp>,
-    pub(crate) backlog: u64,
-    pub(crate) phase: LifecyclePhase,
-    /// Target version (id) and outcome of the node's update, if any.
-    pub(crate) update: Option<(u32, Option<bool>)>,
-    pub(crate) maintenance: bool,
-}
-
-/// One row per node, in node id order.
-#[derive(Clone, Debug, Default)]
-pub struct FleetRows {
-    rows: BTreeMap<Arc<str>, Row>,
-    names: Names,
-}
-
-impl FleetRows {
-    /// Brings the row of `node` in line with its view.
-    pub(crate) fn update(&mut self, node: &str, view: &NodeView) {
-        let twin = &view.twin;
-        let update = twin
-            .lifecycle
-            .update
-            .as_ref()
-            .map(|u| (self.names.id(&u.to_version), u.succeeded));
-        let placed = self
-            .rows
-            .get(node)
-            .is_some_and(|row| self.same_place(row, twin));
-        if !placed {
-            let row = self.place(twin, &view.summary);
-            self.rows.insert(Arc::from(node), row);
-        }
-        if let Some(row) = self.rows.get_mut(node) {
-            row.summary.clone_from(&view.summary);
-            row.state = twin.connectivity.state;
-            row.last_sync = twin.connectivity.last_sync;
-            row.backlog = twin.connectivity.message_backlog;
-            row.phase = twin.lifecycle.phase;
-            row.update = update;
-            row.maintenance = twin.lifecycle.maintenance.is_some();
-        }
-    }
-
-    fn same_place(&self, row: &Row, twin: &DigitalTwin) -> bool {
-        let name = |id: u32| &*self.names.list[id as usize];
-        name(row.zone) == twin.identity.zone
-            && name(row.region) == twin.identity.region
-            && row.declared.len() == twin.topology.clusters.len()
-            && row
-                .declared
-                .iter()
-                .zip(&twin.topology.clusters)
-                .all(|(id, c)| name(*id) == c)
-    }
-
-    /// A fresh row for `twin` (state fields are filled by the caller).
-    fn place(&mut self, twin: &DigitalTwin, summary: &DriftSummary) -> Row {
-        let declared: Box<[u32]> = twin
-            .topology
-            .clusters
-            .iter()
-            .map(|c| self.names.id(c))
-            .collect();
-        let mut clusters: Vec<u32> = super::views::clusters_of(twin)
-            .iter()
-            .map(|c| self.names.id(c))
-            .collect();
-        let mut seen = Vec::with_capacity(clusters.len());
-        clusters.retain(|c| {
-            let first = !seen.contains(c);
-            seen.push(*c);
-            first
-        });
-        Row {
-            zone: self.names.id(&twin.identity.zone),
-            region: self.names.id(&twin.identity.region),
-            declared,
-            clusters: clusters.into_boxed_slice(),
-            summary: summary.clone(),
-            state: twin.connectivity.state,
-            last_sync: None,
-            backlog: 0,
-            phase: twin.lifecycle.phase,
-            update: None,
-            maintenance: false,
-        }
-    }
-
-    /// Rows in node id order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &Row)> {
-        self.rows.iter().map(|(k, v)| (&**k, v))
-    }
-
-    /// How many group ids exist (the size of a per-group table).
-    pub(crate) fn group_count(&self) -> usize {
-        self.names.list.len()
-    }
 
     pub(crate) fn name(&self, id: u32) -> &str {
-        &self.names.list[id as usize]
+        &self.list[id as usize]
     }
 
-    /// The groups of a row under a grouping (not `GroupBy::Node`, whose
-    /// groups are the nodes themselves).
-    pub(crate) fn groups<'a>(row: &'a Row, by: GroupBy) -> &'a [u32] {
-        match by {
-            GroupBy::Cluster => &row.clusters,
-            GroupBy::Zone => std::slice::from_ref(&row.zone),
-            GroupBy::Region => std::slice::from_ref(&row.region),
-            GroupBy::Global | GroupBy::Node => std::slice::from_ref(&FLEET),
-        }
+    /// How many ids exist (the size of a table indexed by group id).
+    pub(crate) fn len(&self) -> usize {
+        self.list.len()
     }
 
     /// Per-group results, sorted by group name.
@@ -188,40 +73,123 @@ impl FleetRows {
             .filter_map(|(id, acc)| acc.map(|a| (self.name(id as u32), a)))
             .collect();
         named.sort_by(|a, b| a.0.cmp(b.0));
-        named.into_iter().map(|(name, acc)| finish(name, acc)).collect()
-    }
-
-    /// The rows with their ids resolved to names: the table's content,
-    /// independent of the order names were interned in.
-    #[allow(clippy::type_complexity)]
-    fn resolved(&self) -> Vec<(&str, [&str; 2], [Vec<&str>; 2], Option<(&str, Option<bool>)>, Row)> {
-        let names = |ids: &[u32]| ids.iter().map(|id| self.name(*id)).collect::<Vec<_>>();
-        self.rows
-            .iter()
-            .map(|(node, row)| {
-                // Ids are compared through their names.
-                let bare = Row {
-                    zone: 0,
-                    region: 0,
-                    declared: Box::new([]),
-                    clusters: Box::new([]),
-                    update: None,
-                    ..row.clone()
-                };
-                (
-                    &**node,
-                    [self.name(row.zone), self.name(row.region)],
-                    [names(&row.declared), names(&row.clusters)],
-                    row.update.map(|(id, ok)| (self.name(id), ok)),
-                    bare,
-                )
-            })
+        named
+            .into_iter()
+            .map(|(name, acc)| finish(name, acc))
             .collect()
     }
 }
 
-impl PartialEq for FleetRows {
-    fn eq(&self, other: &Self) -> bool {
-        self.resolved() == other.resolved()
+/// What the group views need of one node.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Row {
+    /// False until the groups below were filled in.
+    placed: bool,
+    pub(crate) zone: u32,
+    pub(crate) region: u32,
+    /// The clusters the node declared, as declared (to notice changes).
+    declared: Box<[u32]>,
+    /// Every cluster of the node, each once: its region's and zone's and
+    /// the declared ones ([`super::views::clusters_of`]).
+    pub(crate) clusters: Box<[u32]>,
+    pub(crate) summary: DriftSummary,
+    pub(crate) state: ConnectivityState,
+    pub(crate) last_sync: Option<Timestamp>,
+    pub(crate) backlog: u64,
+    pub(crate) phase: LifecyclePhase,
+    /// Target version (id) and outcome of the node's update, if any.
+    pub(crate) update: Option<(u32, Option<bool>)>,
+    pub(crate) maintenance: bool,
+}
+
+/// A row with its ids replaced by the names they stand for.
+#[derive(Debug, PartialEq)]
+pub(crate) struct ResolvedRow<'a> {
+    zone: &'a str,
+    region: &'a str,
+    declared: Vec<&'a str>,
+    clusters: Vec<&'a str>,
+    update: Option<(&'a str, Option<bool>)>,
+    rest: Row,
+}
+
+impl Row {
+    /// Brings the row in line with the node's view.
+    pub(crate) fn update(&mut self, names: &mut GroupNames, view: &NodeView) {
+        let twin = &view.twin;
+        if !self.placed_as(names, twin) {
+            self.place(names, twin);
+        }
+        self.summary.clone_from(&view.summary);
+        self.state = twin.connectivity.state;
+        self.last_sync = twin.connectivity.last_sync;
+        self.backlog = twin.connectivity.message_backlog;
+        self.phase = twin.lifecycle.phase;
+        self.update = twin
+            .lifecycle
+            .update
+            .as_ref()
+            .map(|u| (names.id(&u.to_version), u.succeeded));
+        self.maintenance = twin.lifecycle.maintenance.is_some();
+    }
+
+    /// Whether the row's groups are the twin's (zone, region and declared
+    /// clusters decide all of them).
+    fn placed_as(&self, names: &GroupNames, twin: &DigitalTwin) -> bool {
+        self.placed
+            && names.name(self.zone) == twin.identity.zone
+            && names.name(self.region) == twin.identity.region
+            && self.declared.len() == twin.topology.clusters.len()
+            && self
+                .declared
+                .iter()
+                .zip(&twin.topology.clusters)
+                .all(|(id, c)| names.name(*id) == c)
+    }
+
+    fn place(&mut self, names: &mut GroupNames, twin: &DigitalTwin) {
+        self.placed = true;
+        self.zone = names.id(&twin.identity.zone);
+        self.region = names.id(&twin.identity.region);
+        self.declared = twin.topology.clusters.iter().map(|c| names.id(c)).collect();
+        let mut clusters: Vec<u32> = Vec::new();
+        for c in super::views::clusters_of(twin) {
+            let id = names.id(&c);
+            if !clusters.contains(&id) {
+                clusters.push(id);
+            }
+        }
+        self.clusters = clusters.into_boxed_slice();
+    }
+
+    /// The groups of the row under a grouping (for `GroupBy::Node`, whose
+    /// groups are the nodes themselves, the fleet id).
+    pub(crate) fn groups(&self, by: GroupBy) -> &[u32] {
+        match by {
+            GroupBy::Cluster => &self.clusters,
+            GroupBy::Zone => std::slice::from_ref(&self.zone),
+            GroupBy::Region => std::slice::from_ref(&self.region),
+            GroupBy::Global | GroupBy::Node => std::slice::from_ref(&FLEET),
+        }
+    }
+
+    /// The row's content, independent of the order names were interned in.
+    pub(crate) fn resolved<'a>(&self, names: &'a GroupNames) -> ResolvedRow<'a> {
+        let resolve = |ids: &[u32]| ids.iter().map(|id| names.name(*id)).collect::<Vec<_>>();
+        ResolvedRow {
+            zone: names.name(self.zone),
+            region: names.name(self.region),
+            declared: resolve(&self.declared),
+            clusters: resolve(&self.clusters),
+            update: self.update.map(|(id, ok)| (names.name(id), ok)),
+            rest: Row {
+                zone: 0,
+                region: 0,
+                declared: Box::new([]),
+                clusters: Box::new([]),
+                update: None,
+                ..self.clone()
+            },
+        }
     }
 }

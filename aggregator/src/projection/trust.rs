@@ -78,6 +78,8 @@ impl TrustHistory {
     pub fn apply(&mut self, event: &Event) {
         match &event.payload {
             EventPayload::CertificateRotated(r) => {
+                // Rotations are rare: grow exactly, no spare capacity.
+                self.rotations.reserve_exact(1);
                 self.rotations.push(Rotation {
                     at: event.timestamp,
                     seq: event.seq,

@@ -5,7 +5,6 @@
 
 use super::ProjectionEngine;
 use super::drift::{self, DriftAccumulator, DriftAggregate};
-use super::rows::FleetRows;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use sx_common::model::{ConnectivityState, DigitalTwin, LifecyclePhase};
@@ -68,22 +67,22 @@ pub fn groups_of(node: &str, twin: &DigitalTwin, by: GroupBy) -> Vec<String> {
 /// Drift aggregated per group, groups sorted by name. One pass over the
 /// engine's fleet table ([`super::rows`]), members in node id order.
 pub fn drift_by(engine: &ProjectionEngine, by: GroupBy) -> Vec<DriftAggregate> {
-    let rows = engine.rows();
     if by == GroupBy::Node {
-        return rows
-            .iter()
+        return engine
+            .rows()
             .map(|(node, row)| drift::aggregate(node, [(node, &row.summary)]))
             .collect();
     }
-    let mut groups: Vec<Option<DriftAccumulator>> = vec![None; rows.group_count()];
-    for (node, row) in rows.iter() {
-        for g in FleetRows::groups(row, by) {
+    let names = engine.names();
+    let mut groups: Vec<Option<DriftAccumulator<'_>>> = vec![None; names.len()];
+    for (node, row) in engine.rows() {
+        for g in row.groups(by) {
             groups[*g as usize]
                 .get_or_insert_default()
                 .add(node, &row.summary);
         }
     }
-    rows.sorted(groups, |name, acc| acc.finish(name))
+    names.sorted(groups, |name, acc| acc.finish(name))
 }
 
 /// The aggregator's own view of a node's sync, passed into the views.
@@ -169,15 +168,15 @@ pub fn connectivity_by(
     stale_after: Span,
     now: Timestamp,
 ) -> Vec<ConnectivityAggregate> {
-    let rows = engine.rows();
+    let names = engine.names();
     let node_groups = by == GroupBy::Node;
     let mut groups: Vec<Option<ConnectivityAccumulator>> = if node_groups {
         Vec::new()
     } else {
-        vec![None; rows.group_count()]
+        vec![None; names.len()]
     };
     let mut per_node = Vec::new();
-    for (node, row) in rows.iter() {
+    for (node, row) in engine.rows() {
         let o = if observed.is_empty() {
             None
         } else {
@@ -205,7 +204,7 @@ pub fn connectivity_by(
             add(&mut acc);
             per_node.push(acc.finish(node));
         } else {
-            for g in FleetRows::groups(row, by) {
+            for g in row.groups(by) {
                 add(groups[*g as usize].get_or_insert_default());
             }
         }
@@ -213,7 +212,7 @@ pub fn connectivity_by(
     if node_groups {
         return per_node;
     }
-    rows.sorted(groups, |name, acc| acc.finish(name))
+    names.sorted(groups, |name, acc| acc.finish(name))
 }
 
 /// Progress of updates towards one target version.
@@ -277,24 +276,26 @@ struct LifecycleAccumulator<'a> {
 
 /// Lifecycle per group, groups sorted by name.
 pub fn lifecycle_by(engine: &ProjectionEngine, by: GroupBy) -> Vec<LifecycleAggregate> {
-    let rows = engine.rows();
+    let names = engine.names();
     let node_groups = by == GroupBy::Node;
     let mut groups: Vec<Option<LifecycleAccumulator<'_>>> = if node_groups {
         Vec::new()
     } else {
-        vec![None; rows.group_count()]
+        vec![None; names.len()]
     };
     let finish = |name: &str, acc: LifecycleAccumulator<'_>| {
         let mut updates: Vec<UpdateProgressView> = acc
             .updates
             .into_iter()
-            .map(|(id, [initiated, in_progress, succeeded, failed])| UpdateProgressView {
-                to_version: rows.name(id).to_owned(),
-                initiated,
-                in_progress,
-                succeeded,
-                failed,
-            })
+            .map(
+                |(id, [initiated, in_progress, succeeded, failed])| UpdateProgressView {
+                    to_version: names.name(id).to_owned(),
+                    initiated,
+                    in_progress,
+                    succeeded,
+                    failed,
+                },
+            )
             .collect();
         updates.sort_by(|a, b| a.to_version.cmp(&b.to_version));
         LifecycleAggregate {
@@ -323,7 +324,7 @@ pub fn lifecycle_by(engine: &ProjectionEngine, by: GroupBy) -> Vec<LifecycleAggr
         }
     };
     let mut per_node = Vec::new();
-    for (node, row) in rows.iter() {
+    for (node, row) in engine.rows() {
         let add = |acc: &mut LifecycleAccumulator<'_>| {
             acc.nodes += 1;
             acc.phases[row.phase as usize] += 1;
@@ -345,7 +346,7 @@ pub fn lifecycle_by(engine: &ProjectionEngine, by: GroupBy) -> Vec<LifecycleAggr
             }
             per_node.push(finish(node, acc));
         } else {
-            for g in FleetRows::groups(row, by) {
+            for g in row.groups(by) {
                 let acc = groups[*g as usize].get_or_insert_default();
                 add(acc);
                 if row.maintenance {
@@ -357,5 +358,5 @@ pub fn lifecycle_by(engine: &ProjectionEngine, by: GroupBy) -> Vec<LifecycleAggr
     if node_groups {
         return per_node;
     }
-    rows.sorted(groups, finish)
+    names.sorted(groups, finish)
 }

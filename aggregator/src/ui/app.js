@@ -170,6 +170,7 @@
       $("ui-state").textContent = JSON.stringify({
         nodes: nodes.size, edges: edges.length, changes: changesApplied,
         stream: streamState, by_state: byState, selected,
+        draw_ms: Math.round(lastDrawMs * 10) / 10,
       });
       document.body.dataset.changes = String(changesApplied);
     }, 200);
@@ -236,10 +237,16 @@
   // --- drawing -------------------------------------------------------------------
 
   let drawQueued = false;
+  let lastDrawMs = 0;
   function scheduleDraw() {
     if (drawQueued) return;
     drawQueued = true;
-    requestAnimationFrame(() => { drawQueued = false; draw(); });
+    requestAnimationFrame(() => {
+      drawQueued = false;
+      const t0 = performance.now();
+      draw();
+      lastDrawMs = performance.now() - t0;
+    });
   }
 
   function colourOf(n) {
