@@ -50,9 +50,11 @@ async fn graph(
     State(shared): State<Arc<Shared>>,
     Query(filter): Query<crate::projection::graph::GraphFilter>,
 ) -> Json<Value> {
-    Json(json!(shared
-        .projections
-        .read(|e| crate::projection::graph::view(e, &filter))))
+    Json(json!(
+        shared
+            .projections
+            .read(|e| crate::projection::graph::view(e, &filter))
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,10 +108,9 @@ async fn impact(
             return Err(unknown_node(n));
         }
         match &q.cluster {
-            Some(c) => g
-                .impact(&outage, c)
-                .map(|i| Json(json!(i)))
-                .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("unknown cluster {c:?}"))),
+            Some(c) => g.impact(&outage, c).map(|i| Json(json!(i))).ok_or_else(|| {
+                ApiError::new(StatusCode::NOT_FOUND, format!("unknown cluster {c:?}"))
+            }),
             None => Ok(Json(json!({ "impacts": g.impact_all(&outage) }))),
         }
     })
@@ -127,7 +128,15 @@ async fn trust(
     shared
         .projections
         .read(|e| {
-            crate::projection::trust::index(e, &node, record.as_ref(), &forks, &refusals, &policy, now)
+            crate::projection::trust::index(
+                e,
+                &node,
+                record.as_ref(),
+                &forks,
+                &refusals,
+                &policy,
+                now,
+            )
         })
         .map(|t| Json(json!(t)))
         .ok_or_else(|| unknown_node(&node))

@@ -23,6 +23,7 @@ use proptest::sample::select;
 use std::collections::BTreeMap;
 use sx_aggregator::projection::ProjectionEngine;
 use sx_aggregator::projection::drift;
+use sx_aggregator::projection::graph;
 use sx_aggregator::projection::service;
 use sx_aggregator::projection::views::{self, GroupBy, Observed};
 use sx_aggregator::store::{EventStore, RedbStore, Submission};
@@ -612,5 +613,67 @@ proptest! {
     #[test]
     fn incremental_snapshot_and_as_of_equal_the_rebuild(scenario in arb_scenario()) {
         run(scenario)?;
+    }
+}
+
+/// A random fleet topology: per node its zone, declared clusters and links
+/// (to other nodes of the fleet or to peers that never report).
+fn arb_topology() -> impl Strategy<Value = Vec<(usize, Vec<usize>, Vec<(usize, LinkType)>)>> {
+    let link = select(vec![
+        LinkType::Signaling,
+        LinkType::Media,
+        LinkType::Control,
+        LinkType::Bypass,
+    ]);
+    vec(
+        (
+            0usize..3,
+            vec(0usize..3, 0..2),
+            vec((0usize..14, link), 0..3),
+        ),
+        2..12,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// The all-clusters impact (union-find components) agrees with the
+    /// per-cluster impact (breadth-first searches) for any outage.
+    #[test]
+    fn impact_all_agrees_with_impact_per_cluster(
+        topology in arb_topology(),
+        dark_node in 0usize..12,
+        dark_zone in proptest::option::of(0usize..3),
+    ) {
+        let id = |i: usize| format!("sx-node-{i:02}");
+        let mut engine = ProjectionEngine::new();
+        for (i, (zone, clusters, links)) in topology.iter().enumerate() {
+            let items = vec![
+                (STREAM_START, EventPayload::IdentityReported(IdentityReported {
+                    component_type: "souverix-coeur".into(),
+                    region: "region-a".into(),
+                    zone: format!("zone-{zone}"),
+                    trust_chain: vec![],
+                })),
+                (STREAM_START, EventPayload::TopologyReported(TopologyReported {
+                    links: links.iter().map(|(p, t)| PeerLink { peer: id(*p), link_type: *t }).collect(),
+                    clusters: clusters.iter().map(|c| format!("fn-{c}")).collect(),
+                })),
+            ];
+            let events = seal_stream(&id(i), ChainHead::default(), items);
+            engine.apply(events.iter().map(|s| &s.event));
+        }
+        let outage = match dark_zone {
+            Some(z) => graph::Outage::Zone(format!("zone-{z}")),
+            None => graph::Outage::Node(id(dark_node)),
+        };
+        let g = engine.graph();
+        let expected: Vec<graph::Impact> = g
+            .clusters()
+            .filter_map(|c| g.impact(&outage, c))
+            .filter(|i| !i.cut_off.is_empty())
+            .collect();
+        prop_assert_eq!(g.impact_all(&outage), expected);
     }
 }

@@ -112,7 +112,12 @@ struct Rate {
 }
 
 fn node_dir(pki: &Pki, root: &Path, id: &str) -> Result<PathBuf> {
-    let issued = pki.issue_node(&NodeRequest::new(id, "souverix-rempart", "region-a", "edge-zone-a1"))?;
+    let issued = pki.issue_node(&NodeRequest::new(
+        id,
+        "souverix-rempart",
+        "region-a",
+        "edge-zone-a1",
+    ))?;
     let dir = DataDir::new(root.join("agents").join(id));
     init(
         &dir,
@@ -133,7 +138,9 @@ fn fill(dir: &Path, count: u64) -> Result<u64> {
     let mut left = count;
     while left > 0 {
         let n = left.min(1000);
-        let items: Vec<_> = (0..n).map(|i| (Timestamp::now(), sample_payload(i))).collect();
+        let items: Vec<_> = (0..n)
+            .map(|i| (Timestamp::now(), sample_payload(i)))
+            .collect();
         j.append(&items)?;
         left -= n;
     }
@@ -156,7 +163,10 @@ fn start_aggregator(pki: &Pki, data: &Path) -> Result<(Child, u16, u16)> {
         .stderr(Stdio::null())
         .spawn()?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while ureq::get(&format!("http://127.0.0.1:{api}/healthz")).call().is_err() {
+    while ureq::get(&format!("http://127.0.0.1:{api}/healthz"))
+        .call()
+        .is_err()
+    {
         if Instant::now() > deadline {
             bail!("aggregator child did not start");
         }
@@ -177,7 +187,11 @@ fn aggregator_child(args: &[String]) -> Result<()> {
     config.aggregator.api_listen = ([127, 0, 0, 1], api).into();
     config.tls.pki_dir = Some(pki);
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(sx_aggregator::server::run(config, std::future::pending(), None))
+    rt.block_on(sx_aggregator::server::run(
+        config,
+        std::future::pending(),
+        None,
+    ))
 }
 
 fn free_port_udp() -> u16 {
@@ -248,7 +262,10 @@ fn scenario(pki: &Pki, root: &Path, name: &str, agents: usize, events: u64) -> R
         heads += fill(&dir, events)?;
         dirs.push(dir);
     }
-    eprintln!("  [{name}] journals filled in {:.1} s", fill_start.elapsed().as_secs_f64());
+    eprintln!(
+        "  [{name}] journals filled in {:.1} s",
+        fill_start.elapsed().as_secs_f64()
+    );
     let (mut child, quic, api) = start_aggregator(pki, &root.join("aggregator"))?;
     let pid = child.id();
     let rt = tokio::runtime::Runtime::new()?;
@@ -301,7 +318,11 @@ fn idle(pki: &Pki, root: &Path, n: usize, window: Duration) -> Result<()> {
     let root = root.join("idle");
     let mut dirs = Vec::new();
     for i in 0..n {
-        dirs.push(node_dir(pki, &root, &format!("sx-relais-idle-node-{i:05}"))?);
+        dirs.push(node_dir(
+            pki,
+            &root,
+            &format!("sx-relais-idle-node-{i:05}"),
+        )?);
     }
     let (mut child, quic, api) = start_aggregator(pki, &root.join("aggregator"))?;
     let pid = child.id();
@@ -328,7 +349,11 @@ fn idle(pki: &Pki, root: &Path, n: usize, window: Duration) -> Result<()> {
         let v: serde_json::Value = serde_json::from_str(&body)?;
         let connected = v["nodes"]
             .as_array()
-            .map(|a| a.iter().filter(|n| n["connection"]["state"] == "connected").count())
+            .map(|a| {
+                a.iter()
+                    .filter(|n| n["connection"]["state"] == "connected")
+                    .count()
+            })
             .unwrap_or(0);
         if connected >= n {
             break;

@@ -124,14 +124,24 @@ fn aggregator_sigkilled_during_replay_loses_and_duplicates_nothing() -> Result<(
     let status = aggregator.status()?;
     {
         let pid = aggregator.child.id().to_string();
-        std::process::Command::new("kill").arg("-TERM").arg(&pid).status()?;
+        std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(&pid)
+            .status()?;
         let t = Instant::now();
         loop {
-            if aggregator.child.try_wait()?.is_some() { break; }
+            if aggregator.child.try_wait()?.is_some() {
+                break;
+            }
             if t.elapsed() > Duration::from_secs(15) {
-                let out = std::process::Command::new("gdb").args(["-p", &pid, "-batch", "-ex", "thread apply all bt"]).output()?;
+                let out = std::process::Command::new("gdb")
+                    .args(["-p", &pid, "-batch", "-ex", "thread apply all bt"])
+                    .output()?;
                 std::fs::write("/tmp/agg_gdb.txt", &out.stdout)?;
-                let _ = std::process::Command::new("cp").arg(aggregator_dir.with_extension("log")).arg("/tmp/agg_hung.log").status();
+                let _ = std::process::Command::new("cp")
+                    .arg(aggregator_dir.with_extension("log"))
+                    .arg("/tmp/agg_hung.log")
+                    .status();
                 panic!("HUNG; see /tmp/agg_gdb.txt");
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -312,45 +312,81 @@ impl FleetGraph {
         let after = after.into_labeling();
         // Only nodes sharing a component with a dark node can lose a path.
         let hit: HashSet<usize> = dark.ones().map(|i| before[i]).collect();
-        let candidates: Vec<NodeIndex> = self
-            .graph
-            .node_indices()
-            .filter(|ix| !dark.is_visited(ix) && hit.contains(&before[ix.index()]))
-            .collect();
-        let dark_ids = self.dark_ids(&dark);
-        let mut out = Vec::new();
-        for (name, members) in &self.clusters {
-            let had: HashSet<usize> = members.iter().map(|m| before[m.index()]).collect();
-            if had.is_disjoint(&hit) {
-                continue;
+        let clusters: Vec<(&Arc<str>, &BTreeSet<NodeIndex>)> = self.clusters.iter().collect();
+        // The clusters (by position, ascending) with a member in each
+        // component hit before, and with a lit member in each component after.
+        let mut before_has: HashMap<usize, Vec<usize>> = HashMap::new();
+        let mut after_has: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (ci, (_, members)) in clusters.iter().enumerate() {
+            for m in members.iter() {
+                let b = before[m.index()];
+                if hit.contains(&b) {
+                    let list = before_has.entry(b).or_default();
+                    if list.last() != Some(&ci) {
+                        list.push(ci);
+                    }
+                }
+                if !dark.is_visited(m) {
+                    let list = after_has.entry(after[m.index()]).or_default();
+                    if list.last() != Some(&ci) {
+                        list.push(ci);
+                    }
+                }
             }
-            let has: HashSet<usize> = members
-                .iter()
-                .filter(|m| !dark.is_visited(*m))
-                .map(|m| after[m.index()])
-                .collect();
-            let mut cut_off: Vec<String> = candidates
-                .iter()
-                .filter(|ix| had.contains(&before[ix.index()]) && !has.contains(&after[ix.index()]))
-                .map(|ix| self.graph[*ix].id.to_string())
-                .collect();
-            if cut_off.is_empty() {
-                continue;
-            }
-            cut_off.sort();
-            let still_reaching = self
-                .graph
-                .node_indices()
-                .filter(|ix| !dark.is_visited(ix) && has.contains(&after[ix.index()]))
-                .count();
-            out.push(Impact {
-                cluster: name.to_string(),
-                dark: dark_ids.clone(),
-                cut_off,
-                still_reaching,
-            });
         }
-        out
+        // What a node loses depends only on its components before and
+        // after: compute it once per pair.
+        let mut lost_of: HashMap<(usize, usize), Vec<usize>> = HashMap::new();
+        let mut cut_off: Vec<Vec<NodeIndex>> = vec![Vec::new(); clusters.len()];
+        let mut lit_size: HashMap<usize, usize> = HashMap::new();
+        for ix in self.graph.node_indices() {
+            if dark.is_visited(&ix) {
+                continue;
+            }
+            let key = (before[ix.index()], after[ix.index()]);
+            *lit_size.entry(key.1).or_default() += 1;
+            if !hit.contains(&key.0) {
+                continue;
+            }
+            let lost = lost_of.entry(key).or_insert_with(|| {
+                let had = before_has.get(&key.0).map_or(&[][..], Vec::as_slice);
+                let has = after_has.get(&key.1).map_or(&[][..], Vec::as_slice);
+                had.iter()
+                    .filter(|c| has.binary_search(c).is_err())
+                    .copied()
+                    .collect()
+            });
+            for ci in lost.iter() {
+                cut_off[*ci].push(ix);
+            }
+        }
+        let mut still_reaching = vec![0usize; clusters.len()];
+        for (comp, cis) in &after_has {
+            let size = lit_size.get(comp).copied().unwrap_or(0);
+            for ci in cis {
+                still_reaching[*ci] += size;
+            }
+        }
+        let dark_ids = self.dark_ids(&dark);
+        clusters
+            .iter()
+            .zip(cut_off)
+            .zip(still_reaching)
+            .filter(|((_, cut), _)| !cut.is_empty())
+            .map(|(((name, _), cut), still_reaching)| {
+                let mut cut_off: Vec<String> = cut
+                    .iter()
+                    .map(|ix| self.graph[*ix].id.to_string())
+                    .collect();
+                cut_off.sort();
+                Impact {
+                    cluster: name.to_string(),
+                    dark: dark_ids.clone(),
+                    cut_off,
+                    still_reaching,
+                }
+            })
+            .collect()
     }
 
     /// Every edge as (from, to, type), sorted: the graph's canonical form.
