@@ -256,20 +256,25 @@ fn bucket(score: u32) -> usize {
     }
 }
 
+/// Compliance scores are summed in fixed point, in units of 2^-64: integer
+/// sums do not depend on the order members come in (float sums do), and
+/// every score in [2^-11, 2^52) is represented exactly.
+const FIXED_POINT: f64 = 18_446_744_073_709_551_616.0;
+
 /// [`aggregate`] one member at a time, so views can feed many groups in a
-/// single pass over the fleet. Members must come in a stable order (node
-/// id order) for the mean and the ties among the worst nodes to be
-/// reproducible.
+/// single pass over the fleet. The result does not depend on the order
+/// members are added in.
 #[derive(Clone, Debug, Default)]
 pub struct DriftAccumulator<'a> {
     nodes: usize,
     by_severity: [usize; Severity::ALL.len()],
     buckets: [usize; BUCKETS.len()],
-    compliance_sum: f64,
+    /// In units of 2^-64, saturating (a node may report any number).
+    compliance_sum: i128,
     compliance_count: usize,
     compliance_min: Option<f64>,
     stale_by_max: Span,
-    /// Highest score first, then node id; at most ten.
+    /// The ten highest scores, highest first, ties by node id.
     worst: Vec<(&'a str, u32)>,
 }
 
@@ -279,18 +284,20 @@ impl<'a> DriftAccumulator<'a> {
         self.by_severity[s.severity as usize] += 1;
         self.buckets[bucket(s.drift_score)] += 1;
         if let Some(c) = s.compliance_score {
-            self.compliance_sum += c;
+            // `as` saturates (and maps NaN to 0): deterministic for any input.
+            self.compliance_sum = self
+                .compliance_sum
+                .saturating_add((c * FIXED_POINT).round() as i128);
             self.compliance_count += 1;
             self.compliance_min = Some(self.compliance_min.map_or(c, |m: f64| m.min(c)));
         }
         self.stale_by_max = self.stale_by_max.max(s.stale_by);
+        let score = s.drift_score;
+        let ranks_before = |w: &(&str, u32)| w.1 > score || (w.1 == score && w.0 < node);
         let worst = &mut self.worst;
-        if s.drift_score > 0
-            && (worst.len() < 10 || worst.last().is_some_and(|w| w.1 < s.drift_score))
-        {
-            let score = s.drift_score;
-            let at = worst.partition_point(|w| w.1 > score || (w.1 == score && w.0 < node));
-            worst.insert(at, (node, s.drift_score));
+        if score > 0 && (worst.len() < 10 || worst.last().is_some_and(|w| !ranks_before(w))) {
+            let at = worst.partition_point(ranks_before);
+            worst.insert(at, (node, score));
             worst.truncate(10);
         }
     }
@@ -311,15 +318,18 @@ impl<'a> DriftAccumulator<'a> {
                 .into_iter()
                 .map(|(n, score)| (n.to_owned(), score))
                 .collect(),
-            compliance_mean: (self.compliance_count > 0)
-                .then(|| self.compliance_sum / self.compliance_count as f64),
+            compliance_mean: (self.compliance_count > 0).then(|| {
+                self.compliance_sum as f64 / FIXED_POINT / self.compliance_count as f64
+            }),
             compliance_min: self.compliance_min,
             stale_by_max: self.stale_by_max,
         }
     }
 }
 
-/// Aggregates summaries of one group.
+/// Aggregates summaries of one group: counts by severity and score bucket,
+/// the ten worst nodes (highest score, ties by node id), compliance mean
+/// and minimum, the longest staleness.
 pub fn aggregate<'a>(
     group: &str,
     members: impl IntoIterator<Item = (&'a str, &'a DriftSummary)>,

@@ -1,18 +1,20 @@
-//! The rows behind the group views: per node, exactly what the drift,
-//! connectivity and lifecycle views aggregate, with the node's zone, region
-//! and clusters as interned ids.
+//! The fleet table behind the group views: one small row per node with
+//! exactly what the drift, connectivity and lifecycle views aggregate, the
+//! node's zone, region and clusters as interned ids, in one contiguous
+//! vector, plus the aggregator's own observation of each node.
 //!
-//! The engine keeps a node's row beside its view (inline in the node map,
-//! the view itself boxed) and updates it whenever it updates the view, so a
-//! fleet-wide view is one pass over small rows in node id order (the order
-//! the views always used, which keeps float sums and ties reproducible)
-//! instead of a walk over every twin building string-keyed maps. Derived
-//! data, like the fleet graph: not in snapshots, rebuilt on load, compared
-//! through the names the ids stand for.
+//! The engine keeps a node's row index beside its view and updates the row
+//! whenever it updates the view, so a fleet-wide view is one sequential pass
+//! over a few megabytes instead of a walk over every twin building
+//! string-keyed maps per group. Rows are in the order nodes first appeared;
+//! the views' results do not depend on it (see
+//! [`super::drift::DriftAccumulator`]). Derived data, like the fleet graph:
+//! not in snapshots, rebuilt on load, compared through the names the ids
+//! stand for.
 
 use super::NodeView;
 use super::drift::DriftSummary;
-use super::views::GroupBy;
+use super::views::{GroupBy, Observed};
 use std::collections::HashMap;
 use std::sync::Arc;
 use sx_common::model::{ConnectivityState, DigitalTwin, LifecyclePhase};
@@ -115,7 +117,7 @@ pub(crate) struct ResolvedRow<'a> {
 
 impl Row {
     /// Brings the row in line with the node's view.
-    pub(crate) fn update(&mut self, names: &mut GroupNames, view: &NodeView) {
+    fn update(&mut self, names: &mut GroupNames, view: &NodeView) {
         let twin = &view.twin;
         if !self.placed_as(names, twin) {
             self.place(names, twin);
@@ -151,7 +153,12 @@ impl Row {
         self.placed = true;
         self.zone = names.id(&twin.identity.zone);
         self.region = names.id(&twin.identity.region);
-        self.declared = twin.topology.clusters.iter().map(|c| names.id(c)).collect();
+        self.declared = twin
+            .topology
+            .clusters
+            .iter()
+            .map(|c| names.id(c))
+            .collect();
         let mut clusters: Vec<u32> = Vec::new();
         for c in super::views::clusters_of(twin) {
             let id = names.id(&c);
@@ -172,24 +179,77 @@ impl Row {
             GroupBy::Global | GroupBy::Node => std::slice::from_ref(&FLEET),
         }
     }
+}
 
-    /// The row's content, independent of the order names were interned in.
-    pub(crate) fn resolved<'a>(&self, names: &'a GroupNames) -> ResolvedRow<'a> {
+/// Every node's row, the node ids by row, the aggregator's observations by
+/// row, and the names row ids refer to.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct FleetTable {
+    pub(crate) names: GroupNames,
+    rows: Vec<Row>,
+    nodes: Vec<Arc<str>>,
+    observed: Vec<Option<Observed>>,
+}
+
+impl FleetTable {
+    /// Adds a row for a new node; returns its index.
+    pub(crate) fn add(&mut self, node: Arc<str>) -> u32 {
+        let ix = self.rows.len() as u32;
+        self.rows.push(Row::default());
+        self.nodes.push(node);
+        self.observed.push(None);
+        ix
+    }
+
+    pub(crate) fn update(&mut self, row: u32, view: &NodeView) {
+        if let Some(r) = self.rows.get_mut(row as usize) {
+            r.update(&mut self.names, view);
+        }
+    }
+
+    pub(crate) fn observe(&mut self, row: u32, observed: Observed) {
+        if let Some(o) = self.observed.get_mut(row as usize) {
+            *o = Some(observed);
+        }
+    }
+
+    pub(crate) fn observed(&self, row: u32) -> Option<&Observed> {
+        self.observed.get(row as usize)?.as_ref()
+    }
+
+    pub(crate) fn row(&self, row: u32) -> Option<&Row> {
+        self.rows.get(row as usize)
+    }
+
+    /// (node id, row, observation) of every node, in row order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &Row, Option<&Observed>)> {
+        self.rows
+            .iter()
+            .zip(&self.nodes)
+            .zip(&self.observed)
+            .map(|((r, n), o)| (&**n, r, o.as_ref()))
+    }
+
+    /// A row's content, independent of the order rows were added and
+    /// names interned in (observations are not part of it).
+    pub(crate) fn resolved(&self, row: u32) -> Option<ResolvedRow<'_>> {
+        let r = self.row(row)?;
+        let names = &self.names;
         let resolve = |ids: &[u32]| ids.iter().map(|id| names.name(*id)).collect::<Vec<_>>();
-        ResolvedRow {
-            zone: names.name(self.zone),
-            region: names.name(self.region),
-            declared: resolve(&self.declared),
-            clusters: resolve(&self.clusters),
-            update: self.update.map(|(id, ok)| (names.name(id), ok)),
+        Some(ResolvedRow {
+            zone: names.name(r.zone),
+            region: names.name(r.region),
+            declared: resolve(&r.declared),
+            clusters: resolve(&r.clusters),
+            update: r.update.map(|(id, ok)| (names.name(id), ok)),
             rest: Row {
                 zone: 0,
                 region: 0,
                 declared: Box::new([]),
                 clusters: Box::new([]),
                 update: None,
-                ..self.clone()
+                ..r.clone()
             },
-        }
+        })
     }
 }
