@@ -122,32 +122,12 @@ fn aggregator_sigkilled_during_replay_loses_and_duplicates_nothing() -> Result<(
         .stop()
         .with_context(|| format!("stopping the agent:\n{}", log_tail(&data, 20)))?;
     let status = aggregator.status()?;
-    {
-        let pid = aggregator.child.id().to_string();
-        std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(&pid)
-            .status()?;
-        let t = Instant::now();
-        loop {
-            if aggregator.child.try_wait()?.is_some() {
-                break;
-            }
-            if t.elapsed() > Duration::from_secs(15) {
-                let out = std::process::Command::new("gdb")
-                    .args(["-p", &pid, "-batch", "-ex", "thread apply all bt"])
-                    .output()?;
-                std::fs::write("/tmp/agg_gdb.txt", &out.stdout)?;
-                let _ = std::process::Command::new("cp")
-                    .arg(aggregator_dir.with_extension("log"))
-                    .arg("/tmp/agg_hung.log")
-                    .status();
-                panic!("HUNG; see /tmp/agg_gdb.txt");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!("aggregator stopped in {:?}", t.elapsed());
-    }
+    aggregator.stop().with_context(|| {
+        format!(
+            "stopping the aggregator:\n{}",
+            log_tail(&aggregator_dir, 20)
+        )
+    })?;
     let after = agent_status(&data)?;
     let head = after["head_seq"].as_u64().expect("head_seq");
     let agent_acked = after["acked_seq"].as_u64().expect("acked_seq");

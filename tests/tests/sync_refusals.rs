@@ -383,7 +383,6 @@ fn a_node_cannot_write_another_nodes_stream() -> Result<()> {
         .collect();
     assert_eq!(victim_new.len(), 20);
     let victim_key = signing_key(&victim)?;
-    let attacker_key = signing_key(&attacker)?;
     let before = s.stored()?;
 
     // 1. Hello naming the victim over the attacker's certificate.
@@ -435,7 +434,6 @@ fn a_node_cannot_write_another_nodes_stream() -> Result<()> {
         other => bail!("the control batch was not acknowledged: {other:?}"),
     }
     drop(r);
-    let _ = attacker_key;
 
     // The victim's own agent delivers exactly those events.
     let acked = s.sync(&victim, &v_data, &v_config)?;
