@@ -650,6 +650,10 @@ fn main() {
         black_box(views::drift_by(&engine, GroupBy::Zone));
     })
     .report("drift_by(Zone)", target);
+    Latencies::measure(200, |_| {
+        black_box(views::drift_by(&engine, GroupBy::Global));
+    })
+    .report("drift_by(Global)", None);
     Latencies::measure(50, |_| {
         black_box(views::drift_by(&engine, GroupBy::Cluster));
     })
@@ -689,6 +693,27 @@ fn main() {
         ));
     })
     .report("connectivity_by(Global), none observed", target);
+    for (node, o) in &observed {
+        engine.observe(node, o.clone());
+    }
+    Latencies::measure(200, |_| {
+        black_box(views::connectivity_observed_by(
+            &engine,
+            GroupBy::Global,
+            Span::from_mins(5),
+            now,
+        ));
+    })
+    .report("connectivity_observed_by(Global), 100% in engine", target);
+    Latencies::measure(200, |_| {
+        black_box(views::connectivity_observed_by(
+            &engine,
+            GroupBy::Zone,
+            Span::from_mins(5),
+            now,
+        ));
+    })
+    .report("connectivity_observed_by(Zone), 100% in engine", None);
     Latencies::measure(20, |_| {
         black_box(views::lifecycle_by(&engine, GroupBy::Zone));
     })

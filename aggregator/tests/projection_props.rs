@@ -236,8 +236,8 @@ fn arb_scenario() -> impl Strategy<Value = Scenario> {
         ),
         vec((0usize..NODES.len(), proptest::bool::weighted(0.15)), 64),
         vec(1usize..=3, 1..4),
-        vec((0usize..40, 0u64..240, arb_desired()), 0..5),
-        0usize..40,
+        vec((0usize..12, 0u64..240, arb_desired()), 0..6),
+        0usize..16,
         0u64..400,
     )
         .prop_map(
@@ -478,7 +478,17 @@ fn check_views(engine: &ProjectionEngine, now: Timestamp) -> Result<(), TestCase
         })
         .collect();
     let stale_after = Span::from_mins(30);
+    // The same observations recorded in the engine: not part of equality.
+    let mut with = engine.clone();
+    for (n, o) in &observed {
+        with.observe(n, o.clone());
+    }
+    prop_assert!(&with == engine);
     for by in GROUPINGS {
+        prop_assert_eq!(
+            views::connectivity_observed_by(&with, by, stale_after, now),
+            reference_connectivity(engine, &observed, by, stale_after, now)
+        );
         prop_assert_eq!(views::drift_by(engine, by), reference_drift(engine, by));
         prop_assert_eq!(
             views::lifecycle_by(engine, by),
@@ -616,9 +626,12 @@ proptest! {
     }
 }
 
-/// A random fleet topology: per node its zone, declared clusters and links
-/// (to other nodes of the fleet or to peers that never report).
-fn arb_topology() -> impl Strategy<Value = Vec<(usize, Vec<usize>, Vec<(usize, LinkType)>)>> {
+/// Per node: its zone, the clusters it declares, its links (to other nodes
+/// of the fleet or to peers that never report).
+type Topology = Vec<(usize, Vec<usize>, Vec<(usize, LinkType)>)>;
+
+/// A random fleet topology.
+fn arb_topology() -> impl Strategy<Value = Topology> {
     let link = select(vec![
         LinkType::Signaling,
         LinkType::Media,

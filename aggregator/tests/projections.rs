@@ -735,6 +735,16 @@ fn connectivity_and_lifecycle_projections() -> Result<()> {
     assert_eq!(fleet.backlog_max, 500);
     assert_eq!(fleet.backlog_mean, 135.0);
     assert_eq!(fleet.oldest_unreceived_max, Span::from_mins(20));
+    // The same observations recorded in the engine give the same view.
+    let mut observing = engine.clone();
+    for (node, o) in &observed {
+        observing.observe(node, o.clone());
+    }
+    assert_eq!(observing.observed("b-1").map(|o| o.backlog), Some(500));
+    assert_eq!(
+        views::connectivity_observed_by(&observing, GroupBy::Global, Span::from_mins(5), now),
+        views::connectivity_by(&engine, &observed, GroupBy::Global, Span::from_mins(5), now)
+    );
     let zones = views::connectivity_by(&engine, &observed, GroupBy::Zone, Span::from_mins(5), now);
     assert_eq!(zones.len(), 3);
     assert_eq!(zones[0].group, "edge-zone-a1");

@@ -262,10 +262,11 @@ fn bucket(score: u32) -> usize {
 const FIXED_POINT: f64 = 18_446_744_073_709_551_616.0;
 
 /// [`aggregate`] one member at a time, so views can feed many groups in a
-/// single pass over the fleet. The result does not depend on the order
-/// members are added in.
-#[derive(Clone, Debug, Default)]
-pub struct DriftAccumulator<'a> {
+/// single pass over the fleet. Members are identified by a key that sorts
+/// as their node ids do (the node id itself, or a rank); the result does
+/// not depend on the order members are added in.
+#[derive(Clone, Debug)]
+pub struct DriftAccumulator<K> {
     nodes: usize,
     by_severity: [usize; Severity::ALL.len()],
     buckets: [usize; BUCKETS.len()],
@@ -274,12 +275,27 @@ pub struct DriftAccumulator<'a> {
     compliance_count: usize,
     compliance_min: Option<f64>,
     stale_by_max: Span,
-    /// The ten highest scores, highest first, ties by node id.
-    worst: Vec<(&'a str, u32)>,
+    /// The ten highest scores, highest first, ties by key.
+    worst: Vec<(K, u32)>,
 }
 
-impl<'a> DriftAccumulator<'a> {
-    pub fn add(&mut self, node: &'a str, s: &DriftSummary) {
+impl<K> Default for DriftAccumulator<K> {
+    fn default() -> Self {
+        DriftAccumulator {
+            nodes: 0,
+            by_severity: Default::default(),
+            buckets: Default::default(),
+            compliance_sum: 0,
+            compliance_count: 0,
+            compliance_min: None,
+            stale_by_max: Span::ZERO,
+            worst: Vec::new(),
+        }
+    }
+}
+
+impl<K: Ord + Copy> DriftAccumulator<K> {
+    pub fn add(&mut self, node: K, s: &DriftSummary) {
         self.nodes += 1;
         self.by_severity[s.severity as usize] += 1;
         self.buckets[bucket(s.drift_score)] += 1;
@@ -293,7 +309,7 @@ impl<'a> DriftAccumulator<'a> {
         }
         self.stale_by_max = self.stale_by_max.max(s.stale_by);
         let score = s.drift_score;
-        let ranks_before = |w: &(&str, u32)| w.1 > score || (w.1 == score && w.0 < node);
+        let ranks_before = |w: &(K, u32)| w.1 > score || (w.1 == score && w.0 < node);
         let worst = &mut self.worst;
         if score > 0 && (worst.len() < 10 || worst.last().is_some_and(|w| !ranks_before(w))) {
             let at = worst.partition_point(ranks_before);
@@ -302,7 +318,8 @@ impl<'a> DriftAccumulator<'a> {
         }
     }
 
-    pub fn finish(self, group: &str) -> DriftAggregate {
+    /// The aggregate of the group; `node_id` names a member's key.
+    pub fn finish(self, group: &str, node_id: impl Fn(K) -> String) -> DriftAggregate {
         DriftAggregate {
             group: group.to_owned(),
             nodes: self.nodes,
@@ -316,11 +333,10 @@ impl<'a> DriftAccumulator<'a> {
             worst_nodes: self
                 .worst
                 .into_iter()
-                .map(|(n, score)| (n.to_owned(), score))
+                .map(|(n, score)| (node_id(n), score))
                 .collect(),
-            compliance_mean: (self.compliance_count > 0).then(|| {
-                self.compliance_sum as f64 / FIXED_POINT / self.compliance_count as f64
-            }),
+            compliance_mean: (self.compliance_count > 0)
+                .then(|| self.compliance_sum as f64 / FIXED_POINT / self.compliance_count as f64),
             compliance_min: self.compliance_min,
             stale_by_max: self.stale_by_max,
         }
@@ -338,5 +354,5 @@ pub fn aggregate<'a>(
     for (node, s) in members {
         acc.add(node, s);
     }
-    acc.finish(group)
+    acc.finish(group, str::to_owned)
 }

@@ -210,6 +210,11 @@ impl FleetGraph {
         self.index.contains_key(node)
     }
 
+    /// The graph's own copy of a node id, to share rather than copy.
+    pub(crate) fn shared_id(&self, node: &str) -> Option<Arc<str>> {
+        self.index.get_key_value(node).map(|(k, _)| k.clone())
+    }
+
     /// A node's neighbours, both directions, optionally of one link type;
     /// `None` for a node the graph does not know. Sorted by node, type and
     /// direction.

@@ -31,8 +31,9 @@ use sx_common::ledger::{ConnectivityLedger, LedgerEntry};
 use sx_common::model::{ConnectivityState, DigitalTwin, LifecyclePhase};
 
 /// How many ledger rows a node keeps in memory (older ones stay in the
-/// event store and are served from there).
-pub const LEDGER_IN_MEMORY: usize = 16;
+/// event store and are served from there). Each row costs ~90 bytes per
+/// twin; eight keep a fleet of 100,000 within ~70 MB for them.
+pub const LEDGER_IN_MEMORY: usize = 8;
 
 /// Everything the engine holds for one node.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -65,13 +66,24 @@ pub struct NodeChange {
     pub event_types: Vec<String>,
 }
 
-/// A node's view and its row for the group views. The view is boxed (it is
-/// large, and map nodes hold eleven entries inline); the row stays inline
-/// so a pass over the map for a group view touches little memory.
-#[derive(Clone, Debug, Default)]
+/// A node's view (boxed: it is large, and map nodes hold eleven entries
+/// inline) and the index of its row in the fleet table.
+#[derive(Clone, Debug)]
 struct NodeEntry {
     view: Box<NodeView>,
-    row: rows::Row,
+    row: u32,
+}
+
+/// The row index of an entry not yet in the fleet table.
+const NO_ROW: u32 = u32::MAX;
+
+impl Default for NodeEntry {
+    fn default() -> Self {
+        NodeEntry {
+            view: Box::default(),
+            row: NO_ROW,
+        }
+    }
 }
 
 /// Snapshots hold the views alone (`node id -> NodeView`); rows are derived.
@@ -104,7 +116,7 @@ mod entries {
                 while let Some((node, view)) = map.next_entry::<String, NodeView>()? {
                     let entry = NodeEntry {
                         view: Box::new(view),
-                        row: Default::default(),
+                        row: super::NO_ROW,
                     };
                     out.insert(node, entry);
                 }
@@ -131,9 +143,15 @@ pub struct ProjectionEngine {
     /// by [`from_snapshot`](Self::from_snapshot); compared semantically.
     #[serde(skip)]
     graph: graph::FleetGraph,
-    /// Names the rows refer to by id; derived like the graph.
+    /// One compact row per node for the group views, and the aggregator's
+    /// own observations; derived like the graph (observations are not
+    /// derived from events at all: never snapshotted, never compared).
     #[serde(skip)]
-    names: rows::GroupNames,
+    table: rows::FleetTable,
+    /// Per row, the rank of its node id among all node ids; computed on
+    /// first use after a node was added.
+    #[serde(skip)]
+    ranks: std::sync::OnceLock<Vec<u32>>,
 }
 
 impl PartialEq for ProjectionEngine {
@@ -148,7 +166,7 @@ impl PartialEq for ProjectionEngine {
                 .all(|((ka, a), (kb, b))| {
                     ka == kb
                         && a.view == b.view
-                        && a.row.resolved(&self.names) == b.row.resolved(&other.names)
+                        && self.table.resolved(a.row) == other.table.resolved(b.row)
                 })
             && self.graph == other.graph
     }
@@ -214,7 +232,12 @@ impl ProjectionEngine {
         view.drift = drift::analyze(&view.twin, &self.desired);
         view.summary = DriftSummary::of(&view.drift, &view.twin);
         self.graph.update_node(node, &view.twin);
-        entry.row.update(&mut self.names, view);
+        if entry.row == NO_ROW {
+            let id = self.graph.shared_id(node).unwrap_or_else(|| node.into());
+            entry.row = self.table.add(id);
+            self.ranks = std::sync::OnceLock::new();
+        }
+        self.table.update(entry.row, view);
         c.connectivity = view.twin.connectivity.state;
         c.phase = view.twin.lifecycle.phase;
         c.severity = view.drift.severity;
@@ -232,7 +255,7 @@ impl ProjectionEngine {
             let view = &mut *entry.view;
             view.drift = drift::analyze(&view.twin, &self.desired);
             view.summary = DriftSummary::of(&view.drift, &view.twin);
-            entry.row.update(&mut self.names, view);
+            self.table.update(entry.row, view);
         }
     }
 
@@ -257,14 +280,47 @@ impl ProjectionEngine {
         self.nodes.iter().map(|(k, e)| (k, &*e.view))
     }
 
-    /// Every node's row for the group views, in node id order.
-    pub(crate) fn rows(&self) -> impl Iterator<Item = (&str, &rows::Row)> {
-        self.nodes.iter().map(|(k, e)| (k.as_str(), &e.row))
+    /// The fleet table the group views scan.
+    pub(crate) fn table(&self) -> &rows::FleetTable {
+        &self.table
     }
 
-    /// The names rows refer to.
-    pub(crate) fn names(&self) -> &rows::GroupNames {
-        &self.names
+    /// Per row of the fleet table, the rank of its node id in id order.
+    pub(crate) fn ranks(&self) -> &[u32] {
+        self.ranks.get_or_init(|| {
+            let mut ranks = vec![0; self.table.len()];
+            for (rank, entry) in self.nodes.values().enumerate() {
+                if let Some(r) = ranks.get_mut(entry.row as usize) {
+                    *r = rank as u32;
+                }
+            }
+            ranks
+        })
+    }
+
+    /// Every node's row and observation, in node id order.
+    pub(crate) fn rows_by_node(
+        &self,
+    ) -> impl Iterator<Item = (&str, &rows::Row, Option<&views::Observed>)> {
+        self.nodes.iter().filter_map(|(k, e)| {
+            let row = self.table.row(e.row)?;
+            Some((k.as_str(), row, self.table.observed(e.row)))
+        })
+    }
+
+    /// Records the aggregator's own observation of a node's sync (last
+    /// contact, backlog, connection), for [`views::connectivity_observed_by`].
+    /// Not an event: kept apart from the twin, never snapshotted, never part
+    /// of equality. Ignored for a node the engine does not hold.
+    pub fn observe(&mut self, node: &str, observed: views::Observed) {
+        if let Some(e) = self.nodes.get(node) {
+            self.table.observe(e.row, observed);
+        }
+    }
+
+    /// The last observation recorded with [`observe`](Self::observe).
+    pub fn observed(&self, node: &str) -> Option<&views::Observed> {
+        self.table.observed(self.nodes.get(node)?.row)
     }
 
     pub fn len(&self) -> usize {
@@ -305,8 +361,13 @@ impl ProjectionEngine {
                 .iter()
                 .map(|(id, e)| (id.as_str(), &e.view.twin)),
         );
-        for entry in engine.nodes.values_mut() {
-            entry.row.update(&mut engine.names, &entry.view);
+        for (node, entry) in &mut engine.nodes {
+            let id = engine
+                .graph
+                .shared_id(node)
+                .unwrap_or_else(|| node.as_str().into());
+            entry.row = engine.table.add(id);
+            engine.table.update(entry.row, &entry.view);
         }
         Ok(engine)
     }

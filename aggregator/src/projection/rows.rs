@@ -153,12 +153,7 @@ impl Row {
         self.placed = true;
         self.zone = names.id(&twin.identity.zone);
         self.region = names.id(&twin.identity.region);
-        self.declared = twin
-            .topology
-            .clusters
-            .iter()
-            .map(|c| names.id(c))
-            .collect();
+        self.declared = twin.topology.clusters.iter().map(|c| names.id(c)).collect();
         let mut clusters: Vec<u32> = Vec::new();
         for c in super::views::clusters_of(twin) {
             let id = names.id(&c);
@@ -215,6 +210,15 @@ impl FleetTable {
 
     pub(crate) fn observed(&self, row: u32) -> Option<&Observed> {
         self.observed.get(row as usize)?.as_ref()
+    }
+
+    /// The node of a row.
+    pub(crate) fn node(&self, row: u32) -> &str {
+        self.nodes.get(row as usize).map_or("", |n| n)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.rows.len()
     }
 
     pub(crate) fn row(&self, row: u32) -> Option<&Row> {

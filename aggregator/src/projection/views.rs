@@ -5,6 +5,7 @@
 
 use super::ProjectionEngine;
 use super::drift::{self, DriftAccumulator, DriftAggregate};
+use super::rows::Row;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use sx_common::model::{ConnectivityState, DigitalTwin, LifecyclePhase};
@@ -64,25 +65,30 @@ pub fn groups_of(node: &str, twin: &DigitalTwin, by: GroupBy) -> Vec<String> {
     }
 }
 
-/// Drift aggregated per group, groups sorted by name. One pass over the
-/// engine's fleet table ([`super::rows`]), members in node id order.
+/// Drift aggregated per group, groups sorted by name: one pass over the
+/// engine's fleet table ([`super::rows`]).
 pub fn drift_by(engine: &ProjectionEngine, by: GroupBy) -> Vec<DriftAggregate> {
     if by == GroupBy::Node {
         return engine
-            .rows()
-            .map(|(node, row)| drift::aggregate(node, [(node, &row.summary)]))
+            .rows_by_node()
+            .map(|(node, row, _)| drift::aggregate(node, [(node, &row.summary)]))
             .collect();
     }
-    let names = engine.names();
-    let mut groups: Vec<Option<DriftAccumulator<'_>>> = vec![None; names.len()];
-    for (node, row) in engine.rows() {
+    let table = engine.table();
+    // Members are keyed by (rank of the node id, row): ties among the
+    // worst nodes are broken without reading node ids.
+    let ranks = engine.ranks();
+    let mut groups: Vec<Option<DriftAccumulator<(u32, u32)>>> = vec![None; table.names.len()];
+    for (row_ix, ((_, row, _), rank)) in table.iter().zip(ranks).enumerate() {
         for g in row.groups(by) {
             groups[*g as usize]
                 .get_or_insert_default()
-                .add(node, &row.summary);
+                .add((*rank, row_ix as u32), &row.summary);
         }
     }
-    names.sorted(groups, |name, acc| acc.finish(name))
+    table.names.sorted(groups, |name, acc| {
+        acc.finish(name, |(_, row)| table.node(row).to_owned())
+    })
 }
 
 /// The aggregator's own view of a node's sync, passed into the views.
@@ -159,8 +165,13 @@ impl ConnectivityAccumulator {
     }
 }
 
-/// Connectivity per group at `now`, groups sorted by name. Totals saturate
+/// Connectivity per group at `now`, groups sorted by name, with the
+/// aggregator's observations given per node in `observed`. Totals saturate
 /// (a node may report any backlog).
+///
+/// Every node costs a lookup in `observed`; where the observations are
+/// recorded in the engine ([`ProjectionEngine::observe`]),
+/// [`connectivity_observed_by`] does without.
 pub fn connectivity_by(
     engine: &ProjectionEngine,
     observed: &HashMap<String, Observed>,
@@ -168,20 +179,72 @@ pub fn connectivity_by(
     stale_after: Span,
     now: Timestamp,
 ) -> Vec<ConnectivityAggregate> {
-    let names = engine.names();
-    let node_groups = by == GroupBy::Node;
-    let mut groups: Vec<Option<ConnectivityAccumulator>> = if node_groups {
-        Vec::new()
-    } else {
-        vec![None; names.len()]
-    };
-    let mut per_node = Vec::new();
-    for (node, row) in engine.rows() {
-        let o = if observed.is_empty() {
+    let lookup = |node: &str| {
+        if observed.is_empty() {
             None
         } else {
             observed.get(node)
-        };
+        }
+    };
+    if by == GroupBy::Node {
+        return engine
+            .rows_by_node()
+            .map(|(node, row, _)| {
+                connectivity_of(node, [(row, lookup(node))], by, stale_after, now).into()
+            })
+            .collect();
+    }
+    connectivity_of(
+        "",
+        engine
+            .table()
+            .iter()
+            .map(|(node, row, _)| (row, lookup(node))),
+        by,
+        stale_after,
+        now,
+    )
+    .into_groups(engine)
+}
+
+/// [`connectivity_by`] with the observations recorded in the engine
+/// ([`ProjectionEngine::observe`]): one pass over the fleet table.
+pub fn connectivity_observed_by(
+    engine: &ProjectionEngine,
+    by: GroupBy,
+    stale_after: Span,
+    now: Timestamp,
+) -> Vec<ConnectivityAggregate> {
+    if by == GroupBy::Node {
+        return engine
+            .rows_by_node()
+            .map(|(node, row, o)| connectivity_of(node, [(row, o)], by, stale_after, now).into())
+            .collect();
+    }
+    connectivity_of(
+        "",
+        engine.table().iter().map(|(_, row, o)| (row, o)),
+        by,
+        stale_after,
+        now,
+    )
+    .into_groups(engine)
+}
+
+/// Accumulates rows into per-group accumulators (or, for one node, a
+/// single one).
+fn connectivity_of<'a>(
+    node: &str,
+    rows: impl IntoIterator<Item = (&'a Row, Option<&'a Observed>)>,
+    by: GroupBy,
+    stale_after: Span,
+    now: Timestamp,
+) -> ConnectivityGroups {
+    let mut out = ConnectivityGroups {
+        node: node.to_owned(),
+        groups: Vec::new(),
+    };
+    for (row, o) in rows {
         let last_sync = o.and_then(|o| o.last_sync).or(row.last_sync);
         let debt = last_sync.map_or(Span::ZERO, |t| now.since(t));
         let backlog = o.map_or(row.backlog, |o| o.backlog);
@@ -189,7 +252,12 @@ pub fn connectivity_by(
             .and_then(|o| o.backlog_since)
             .map_or(Span::ZERO, |t| now.since(t));
         let stale = is_stale(o, stale_after, now);
-        let add = |acc: &mut ConnectivityAccumulator| {
+        let mut add = |g: u32| {
+            let ix = g as usize;
+            if out.groups.len() <= ix {
+                out.groups.resize(ix + 1, None);
+            }
+            let acc: &mut ConnectivityAccumulator = out.groups[ix].get_or_insert_default();
             acc.nodes += 1;
             acc.spectrum[row.state as usize] += 1;
             acc.stale += usize::from(stale);
@@ -199,20 +267,39 @@ pub fn connectivity_by(
             acc.backlog_total = acc.backlog_total.saturating_add(backlog);
             acc.backlog_max = acc.backlog_max.max(backlog);
         };
-        if node_groups {
-            let mut acc = ConnectivityAccumulator::default();
-            add(&mut acc);
-            per_node.push(acc.finish(node));
-        } else {
-            for g in row.groups(by) {
-                add(groups[*g as usize].get_or_insert_default());
-            }
+        for g in row.groups(by) {
+            add(*g);
         }
     }
-    if node_groups {
-        return per_node;
+    out
+}
+
+/// Connectivity accumulated per group id.
+struct ConnectivityGroups {
+    /// The node, when the one group is a node.
+    node: String,
+    groups: Vec<Option<ConnectivityAccumulator>>,
+}
+
+impl ConnectivityGroups {
+    fn into_groups(self, engine: &ProjectionEngine) -> Vec<ConnectivityAggregate> {
+        engine
+            .table()
+            .names
+            .sorted(self.groups, |name, acc| acc.finish(name))
     }
-    names.sorted(groups, |name, acc| acc.finish(name))
+}
+
+impl From<ConnectivityGroups> for ConnectivityAggregate {
+    fn from(g: ConnectivityGroups) -> Self {
+        let node = g.node;
+        g.groups
+            .into_iter()
+            .flatten()
+            .next()
+            .unwrap_or_default()
+            .finish(&node)
+    }
 }
 
 /// Progress of updates towards one target version.
@@ -274,22 +361,17 @@ struct LifecycleAccumulator<'a> {
     maintenance: Vec<&'a str>,
 }
 
-/// Lifecycle per group, groups sorted by name.
+/// Lifecycle per group, groups sorted by name; maintenance windows in node
+/// id order.
 pub fn lifecycle_by(engine: &ProjectionEngine, by: GroupBy) -> Vec<LifecycleAggregate> {
-    let names = engine.names();
-    let node_groups = by == GroupBy::Node;
-    let mut groups: Vec<Option<LifecycleAccumulator<'_>>> = if node_groups {
-        Vec::new()
-    } else {
-        vec![None; names.len()]
-    };
+    let table = engine.table();
     let finish = |name: &str, acc: LifecycleAccumulator<'_>| {
         let mut updates: Vec<UpdateProgressView> = acc
             .updates
             .into_iter()
             .map(
                 |(id, [initiated, in_progress, succeeded, failed])| UpdateProgressView {
-                    to_version: names.name(id).to_owned(),
+                    to_version: table.names.name(id).to_owned(),
                     initiated,
                     in_progress,
                     succeeded,
@@ -298,6 +380,8 @@ pub fn lifecycle_by(engine: &ProjectionEngine, by: GroupBy) -> Vec<LifecycleAggr
             )
             .collect();
         updates.sort_by(|a, b| a.to_version.cmp(&b.to_version));
+        let mut maintenance = acc.maintenance;
+        maintenance.sort_unstable();
         LifecycleAggregate {
             group: name.to_owned(),
             nodes: acc.nodes,
@@ -307,8 +391,7 @@ pub fn lifecycle_by(engine: &ProjectionEngine, by: GroupBy) -> Vec<LifecycleAggr
                 .map(|(p, n)| (phase_name(*p).to_owned(), n))
                 .collect(),
             updates,
-            maintenance: acc
-                .maintenance
+            maintenance: maintenance
                 .into_iter()
                 .filter_map(|node| {
                     let m = engine.node(node)?.twin.lifecycle.maintenance.as_ref()?;
@@ -323,40 +406,37 @@ pub fn lifecycle_by(engine: &ProjectionEngine, by: GroupBy) -> Vec<LifecycleAggr
                 .collect(),
         }
     };
-    let mut per_node = Vec::new();
-    for (node, row) in engine.rows() {
-        let add = |acc: &mut LifecycleAccumulator<'_>| {
-            acc.nodes += 1;
-            acc.phases[row.phase as usize] += 1;
-            if let Some((to, outcome)) = row.update {
-                let p = acc.updates.entry(to).or_default();
-                p[0] += 1;
-                match outcome {
-                    None => p[1] += 1,
-                    Some(true) => p[2] += 1,
-                    Some(false) => p[3] += 1,
-                }
-            }
-        };
-        if node_groups {
-            let mut acc = LifecycleAccumulator::default();
-            add(&mut acc);
-            if row.maintenance {
-                acc.maintenance.push(node);
-            }
-            per_node.push(finish(node, acc));
-        } else {
-            for g in row.groups(by) {
-                let acc = groups[*g as usize].get_or_insert_default();
-                add(acc);
-                if row.maintenance {
-                    acc.maintenance.push(node);
-                }
+    fn add<'a>(acc: &mut LifecycleAccumulator<'a>, node: &'a str, row: &Row) {
+        acc.nodes += 1;
+        acc.phases[row.phase as usize] += 1;
+        if let Some((to, outcome)) = row.update {
+            let p = acc.updates.entry(to).or_default();
+            p[0] += 1;
+            match outcome {
+                None => p[1] += 1,
+                Some(true) => p[2] += 1,
+                Some(false) => p[3] += 1,
             }
         }
+        if row.maintenance {
+            acc.maintenance.push(node);
+        }
     }
-    if node_groups {
-        return per_node;
+    if by == GroupBy::Node {
+        return engine
+            .rows_by_node()
+            .map(|(node, row, _)| {
+                let mut acc = LifecycleAccumulator::default();
+                add(&mut acc, node, row);
+                finish(node, acc)
+            })
+            .collect();
     }
-    names.sorted(groups, finish)
+    let mut groups: Vec<Option<LifecycleAccumulator<'_>>> = vec![None; table.names.len()];
+    for (node, row, _) in table.iter() {
+        for g in row.groups(by) {
+            add(groups[*g as usize].get_or_insert_default(), node, row);
+        }
+    }
+    table.names.sorted(groups, finish)
 }
