@@ -298,14 +298,9 @@ impl ProjectionEngine {
         })
     }
 
-    /// Every node's row and observation, in node id order.
-    pub(crate) fn rows_by_node(
-        &self,
-    ) -> impl Iterator<Item = (&str, &rows::Row, Option<&views::Observed>)> {
-        self.nodes.iter().filter_map(|(k, e)| {
-            let row = self.table.row(e.row)?;
-            Some((k.as_str(), row, self.table.observed(e.row)))
-        })
+    /// Every node's row index, in node id order.
+    pub(crate) fn rows_by_node(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.nodes.iter().map(|(k, e)| (k.as_str(), e.row))
     }
 
     /// Records the aggregator's own observation of a node's sync (last

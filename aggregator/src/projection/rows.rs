@@ -13,11 +13,12 @@
 //! stand for.
 
 use super::NodeView;
-use super::drift::DriftSummary;
+use super::drift::{DriftSummary, Severity};
 use super::views::{GroupBy, Observed};
 use std::collections::HashMap;
 use std::sync::Arc;
 use sx_common::model::{ConnectivityState, DigitalTwin, LifecyclePhase};
+use sx_common::time::Span;
 use sx_common::time::Timestamp;
 
 /// The group id of the whole fleet (`"fleet"`).
@@ -94,7 +95,6 @@ pub(crate) struct Row {
     /// Every cluster of the node, each once: its region's and zone's and
     /// the declared ones ([`super::views::clusters_of`]).
     pub(crate) clusters: Box<[u32]>,
-    pub(crate) summary: DriftSummary,
     pub(crate) state: ConnectivityState,
     pub(crate) last_sync: Option<Timestamp>,
     pub(crate) backlog: u64,
@@ -102,6 +102,51 @@ pub(crate) struct Row {
     /// Target version (id) and outcome of the node's update, if any.
     pub(crate) update: Option<(u32, Option<bool>)>,
     pub(crate) maintenance: bool,
+}
+
+/// A row's drift numbers, kept apart from the row so the drift views by
+/// zone, region and fleet scan 32 bytes per node.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct DriftCell {
+    pub(crate) zone: u32,
+    pub(crate) region: u32,
+    drift_score: u32,
+    severity: Severity,
+    has_compliance: bool,
+    compliance: f64,
+    stale_by: Span,
+}
+
+impl DriftCell {
+    fn of(row: &Row, s: &DriftSummary) -> Self {
+        DriftCell {
+            zone: row.zone,
+            region: row.region,
+            drift_score: s.drift_score,
+            severity: s.severity,
+            has_compliance: s.compliance_score.is_some(),
+            compliance: s.compliance_score.unwrap_or_default(),
+            stale_by: s.stale_by,
+        }
+    }
+
+    pub(crate) fn summary(&self) -> DriftSummary {
+        DriftSummary {
+            severity: self.severity,
+            drift_score: self.drift_score,
+            compliance_score: self.has_compliance.then_some(self.compliance),
+            stale_by: self.stale_by,
+        }
+    }
+
+    /// The cell's group under a grouping by zone, region or fleet.
+    pub(crate) fn group(&self, by: GroupBy) -> u32 {
+        match by {
+            GroupBy::Zone => self.zone,
+            GroupBy::Region => self.region,
+            _ => FLEET,
+        }
+    }
 }
 
 /// A row with its ids replaced by the names they stand for.
@@ -112,6 +157,7 @@ pub(crate) struct ResolvedRow<'a> {
     declared: Vec<&'a str>,
     clusters: Vec<&'a str>,
     update: Option<(&'a str, Option<bool>)>,
+    summary: DriftSummary,
     rest: Row,
 }
 
@@ -122,7 +168,6 @@ impl Row {
         if !self.placed_as(names, twin) {
             self.place(names, twin);
         }
-        self.summary.clone_from(&view.summary);
         self.state = twin.connectivity.state;
         self.last_sync = twin.connectivity.last_sync;
         self.backlog = twin.connectivity.message_backlog;
@@ -182,6 +227,7 @@ impl Row {
 pub(crate) struct FleetTable {
     pub(crate) names: GroupNames,
     rows: Vec<Row>,
+    drift: Vec<DriftCell>,
     nodes: Vec<Arc<str>>,
     observed: Vec<Option<Observed>>,
 }
@@ -191,15 +237,23 @@ impl FleetTable {
     pub(crate) fn add(&mut self, node: Arc<str>) -> u32 {
         let ix = self.rows.len() as u32;
         self.rows.push(Row::default());
+        self.drift.push(DriftCell::default());
         self.nodes.push(node);
         self.observed.push(None);
         ix
     }
 
     pub(crate) fn update(&mut self, row: u32, view: &NodeView) {
-        if let Some(r) = self.rows.get_mut(row as usize) {
+        let ix = row as usize;
+        if let (Some(r), Some(cell)) = (self.rows.get_mut(ix), self.drift.get_mut(ix)) {
             r.update(&mut self.names, view);
+            *cell = DriftCell::of(r, &view.summary);
         }
+    }
+
+    /// Drift numbers by row.
+    pub(crate) fn drift(&self) -> &[DriftCell] {
+        &self.drift
     }
 
     pub(crate) fn observe(&mut self, row: u32, observed: Observed) {
@@ -246,6 +300,7 @@ impl FleetTable {
             declared: resolve(&r.declared),
             clusters: resolve(&r.clusters),
             update: r.update.map(|(id, ok)| (names.name(id), ok)),
+            summary: self.drift.get(row as usize)?.summary(),
             rest: Row {
                 zone: 0,
                 region: 0,

@@ -68,22 +68,36 @@ pub fn groups_of(node: &str, twin: &DigitalTwin, by: GroupBy) -> Vec<String> {
 /// Drift aggregated per group, groups sorted by name: one pass over the
 /// engine's fleet table ([`super::rows`]).
 pub fn drift_by(engine: &ProjectionEngine, by: GroupBy) -> Vec<DriftAggregate> {
+    let table = engine.table();
+    let cells = table.drift();
     if by == GroupBy::Node {
         return engine
             .rows_by_node()
-            .map(|(node, row, _)| drift::aggregate(node, [(node, &row.summary)]))
+            .filter_map(|(node, row)| {
+                let s = cells.get(row as usize)?.summary();
+                Some(drift::aggregate(node, [(node, &s)]))
+            })
             .collect();
     }
-    let table = engine.table();
     // Members are keyed by (rank of the node id, row): ties among the
     // worst nodes are broken without reading node ids.
     let ranks = engine.ranks();
     let mut groups: Vec<Option<DriftAccumulator<(u32, u32)>>> = vec![None; table.names.len()];
-    for (row_ix, ((_, row, _), rank)) in table.iter().zip(ranks).enumerate() {
-        for g in row.groups(by) {
-            groups[*g as usize]
+    let keyed = cells.iter().zip(ranks).enumerate();
+    if by == GroupBy::Cluster {
+        for ((row_ix, (cell, rank)), (_, row, _)) in keyed.zip(table.iter()) {
+            let s = cell.summary();
+            for g in row.groups(by) {
+                groups[*g as usize]
+                    .get_or_insert_default()
+                    .add((*rank, row_ix as u32), &s);
+            }
+        }
+    } else {
+        for (row_ix, (cell, rank)) in keyed {
+            groups[cell.group(by) as usize]
                 .get_or_insert_default()
-                .add((*rank, row_ix as u32), &row.summary);
+                .add((*rank, row_ix as u32), &cell.summary());
         }
     }
     table.names.sorted(groups, |name, acc| {
@@ -187,10 +201,12 @@ pub fn connectivity_by(
         }
     };
     if by == GroupBy::Node {
+        let table = engine.table();
         return engine
             .rows_by_node()
-            .map(|(node, row, _)| {
-                connectivity_of(node, [(row, lookup(node))], by, stale_after, now).into()
+            .filter_map(|(node, ix)| {
+                let row = table.row(ix)?;
+                Some(connectivity_of(node, [(row, lookup(node))], by, stale_after, now).into())
             })
             .collect();
     }
@@ -216,9 +232,14 @@ pub fn connectivity_observed_by(
     now: Timestamp,
 ) -> Vec<ConnectivityAggregate> {
     if by == GroupBy::Node {
+        let table = engine.table();
         return engine
             .rows_by_node()
-            .map(|(node, row, o)| connectivity_of(node, [(row, o)], by, stale_after, now).into())
+            .filter_map(|(node, ix)| {
+                let row = table.row(ix)?;
+                let o = table.observed(ix);
+                Some(connectivity_of(node, [(row, o)], by, stale_after, now).into())
+            })
             .collect();
     }
     connectivity_of(
@@ -425,10 +446,10 @@ pub fn lifecycle_by(engine: &ProjectionEngine, by: GroupBy) -> Vec<LifecycleAggr
     if by == GroupBy::Node {
         return engine
             .rows_by_node()
-            .map(|(node, row, _)| {
+            .filter_map(|(node, ix)| {
                 let mut acc = LifecycleAccumulator::default();
-                add(&mut acc, node, row);
-                finish(node, acc)
+                add(&mut acc, node, table.row(ix)?);
+                Some(finish(node, acc))
             })
             .collect();
     }
