@@ -571,6 +571,16 @@ fn main() {
         engine.graph().clusters().count()
     );
 
+    if let Ok(by) = std::env::var("SX_BENCH_PROFILE_DRIFT") {
+        // Profiling aid: repeat one drift view.
+        let by: GroupBy = by.parse().unwrap_or(GroupBy::Zone);
+        let t = Instant::now();
+        for _ in 0..500 {
+            black_box(views::drift_by(&engine, by));
+        }
+        println!("  500 x drift_by({by:?}): {:.2?} each", t.elapsed() / 500);
+        return;
+    }
     let stop_after = env("SX_BENCH_STOP_AFTER", 5);
     if stop_after < 2 {
         return;
