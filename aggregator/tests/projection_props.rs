@@ -594,6 +594,11 @@ fn run(scenario: Scenario) -> Result<(), TestCaseError> {
     let now = service::engine_as_of(&store, None, latest).map_err(fail)?;
     prop_assert_eq!(&now, &rebuilt, "as of the latest instant != current");
 
+    // The maintained graph is the graph of the twins as they stand.
+    prop_assert_eq!(
+        incremental.graph(),
+        &graph::FleetGraph::from_twins(incremental.nodes().map(|(n, v)| (n.as_str(), &v.twin)))
+    );
     // Every stored analysis is the analysis of the twin as it stands.
     for (_, view) in incremental.nodes() {
         let fresh = drift::analyze(&view.twin, incremental.desired());

@@ -248,97 +248,123 @@ pub struct DriftAggregate {
 const BUCKETS: [&str; 4] = ["0", "1-9", "10-99", "100+"];
 
 fn bucket(score: u32) -> usize {
-    match score {
-        0 => 0,
-        1..=9 => 1,
-        10..=99 => 2,
-        _ => 3,
-    }
+    usize::from(score > 0) + usize::from(score > 9) + usize::from(score > 99)
 }
 
 /// Compliance scores are summed in fixed point, in units of 2^-64: integer
 /// sums do not depend on the order members come in (float sums do), and
-/// every score in [2^-11, 2^52) is represented exactly.
+/// every score in [2^-11, 2^40] is represented exactly.
 const FIXED_POINT: f64 = 18_446_744_073_709_551_616.0;
 
-/// [`aggregate`] one member at a time, so views can feed many groups in a
-/// single pass over the fleet. Members are identified by a key that sorts
-/// as their node ids do (the node id itself, or a rank); the result does
-/// not depend on the order members are added in.
+/// Compliance scores beyond ±2^40 (nonsense: a score is in [0, 1]) are
+/// summed as ±2^40.
+const COMPLIANCE_LIMIT: f64 = 1_099_511_627_776.0;
+
+/// [`aggregate`] for many groups at once, one member at a time, so a view
+/// feeds every group in a single pass over the fleet. Members are
+/// identified by a key that sorts as their node ids do (the node id itself,
+/// or a rank); results do not depend on the order members are added in.
+///
+/// Laid out field by field across groups (not group by group): each add
+/// touches a few small arrays that stay in the L1 cache even with hundreds
+/// of groups, where per-group structs would not.
 #[derive(Clone, Debug)]
-pub struct DriftAccumulator<K> {
-    nodes: usize,
-    by_severity: [usize; Severity::ALL.len()],
-    buckets: [usize; BUCKETS.len()],
-    /// In units of 2^-64, saturating (a node may report any number).
-    compliance_sum: i128,
-    compliance_count: usize,
-    compliance_min: Option<f64>,
-    stale_by_max: Span,
-    /// The ten highest scores, highest first, ties by key.
-    worst: Vec<(K, u32)>,
+pub struct DriftGroups<K> {
+    by_severity: Vec<[u32; Severity::ALL.len()]>,
+    buckets: Vec<[u32; BUCKETS.len()]>,
+    compliance_count: Vec<u32>,
+    /// In units of 2^-64.
+    compliance_sum: Vec<i128>,
+    compliance_min: Vec<Option<f64>>,
+    stale_by_max: Vec<Span>,
+    /// Per group, the tenth worst member once there are ten (what a
+    /// newcomer must beat), so most members never touch the lists.
+    floor: Vec<Option<(K, u32)>>,
+    /// Per group, the ten highest scores, highest first, ties by key.
+    worst: Vec<Vec<(K, u32)>>,
 }
 
-impl<K> Default for DriftAccumulator<K> {
-    fn default() -> Self {
-        DriftAccumulator {
-            nodes: 0,
-            by_severity: Default::default(),
-            buckets: Default::default(),
-            compliance_sum: 0,
-            compliance_count: 0,
-            compliance_min: None,
-            stale_by_max: Span::ZERO,
-            worst: Vec::new(),
+impl<K: Ord + Copy> DriftGroups<K> {
+    /// Accumulators for groups `0..groups`.
+    pub fn new(groups: usize) -> Self {
+        DriftGroups {
+            by_severity: vec![Default::default(); groups],
+            buckets: vec![Default::default(); groups],
+            compliance_count: vec![0; groups],
+            compliance_sum: vec![0; groups],
+            compliance_min: vec![None; groups],
+            stale_by_max: vec![Span::ZERO; groups],
+            floor: vec![None; groups],
+            worst: vec![Vec::new(); groups],
         }
     }
-}
 
-impl<K: Ord + Copy> DriftAccumulator<K> {
-    pub fn add(&mut self, node: K, s: &DriftSummary) {
-        self.nodes += 1;
-        self.by_severity[s.severity as usize] += 1;
-        self.buckets[bucket(s.drift_score)] += 1;
-        if let Some(c) = s.compliance_score {
-            // `as` saturates (and maps NaN to 0): deterministic for any input.
-            self.compliance_sum = self
-                .compliance_sum
-                .saturating_add((c * FIXED_POINT).round() as i128);
-            self.compliance_count += 1;
-            self.compliance_min = Some(self.compliance_min.map_or(c, |m: f64| m.min(c)));
+    /// Adds a member to group `g` (which must be below `groups`).
+    #[inline]
+    pub fn add(&mut self, g: usize, node: K, s: &DriftSummary) {
+        // Few branches: views call this for every node of the fleet.
+        self.by_severity[g][s.severity as usize] += 1;
+        self.buckets[g][bucket(s.drift_score)] += 1;
+        let has = s.compliance_score.is_some();
+        let c = s.compliance_score.unwrap_or(0.0);
+        // Exact for scores in [2^-11, 2^40]; others are clamped, NaN
+        // counts as 0 (`as`): deterministic for any input. With terms of at
+        // most 2^104, no sum of fewer than 2^23 members overflows.
+        let term = (c.clamp(-COMPLIANCE_LIMIT, COMPLIANCE_LIMIT) * FIXED_POINT) as i128;
+        self.compliance_sum[g] += if has { term } else { 0 };
+        self.compliance_count[g] += u32::from(has);
+        if has {
+            self.compliance_min[g] = Some(self.compliance_min[g].map_or(c, |m: f64| m.min(c)));
         }
-        self.stale_by_max = self.stale_by_max.max(s.stale_by);
+        self.stale_by_max[g] = self.stale_by_max[g].max(s.stale_by);
         let score = s.drift_score;
         let ranks_before = |w: &(K, u32)| w.1 > score || (w.1 == score && w.0 < node);
-        let worst = &mut self.worst;
-        if score > 0 && (worst.len() < 10 || worst.last().is_some_and(|w| !ranks_before(w))) {
+        if score > 0 && self.floor[g].is_none_or(|w| !ranks_before(&w)) {
+            let worst = &mut self.worst[g];
             let at = worst.partition_point(ranks_before);
             worst.insert(at, (node, score));
             worst.truncate(10);
+            self.floor[g] = worst.get(9).copied();
         }
     }
 
-    /// The aggregate of the group; `node_id` names a member's key.
-    pub fn finish(self, group: &str, node_id: impl Fn(K) -> String) -> DriftAggregate {
+    /// Whether any member was added to group `g`.
+    pub fn has_members(&self, g: usize) -> bool {
+        self.by_severity
+            .get(g)
+            .is_some_and(|s| s.iter().any(|n| *n > 0))
+    }
+
+    /// The aggregate of group `g`; `node_id` names a member's key.
+    pub fn finish(
+        &mut self,
+        g: usize,
+        group: &str,
+        node_id: impl Fn(K) -> String,
+    ) -> DriftAggregate {
+        let by_severity = self.by_severity[g];
+        let count = self.compliance_count[g];
         DriftAggregate {
             group: group.to_owned(),
-            nodes: self.nodes,
-            by_severity: Severity::ALL.into_iter().zip(self.by_severity).collect(),
+            nodes: by_severity.iter().map(|n| *n as usize).sum(),
+            by_severity: Severity::ALL
+                .into_iter()
+                .zip(by_severity.map(|n| n as usize))
+                .collect(),
             score_distribution: BUCKETS
                 .iter()
-                .zip(self.buckets)
+                .zip(self.buckets[g])
                 .filter(|(_, n)| *n > 0)
-                .map(|(b, n)| ((*b).to_owned(), n))
+                .map(|(b, n)| ((*b).to_owned(), n as usize))
                 .collect(),
-            worst_nodes: self
-                .worst
+            worst_nodes: std::mem::take(&mut self.worst[g])
                 .into_iter()
                 .map(|(n, score)| (node_id(n), score))
                 .collect(),
-            compliance_mean: (self.compliance_count > 0)
-                .then(|| self.compliance_sum as f64 / FIXED_POINT / self.compliance_count as f64),
-            compliance_min: self.compliance_min,
-            stale_by_max: self.stale_by_max,
+            compliance_mean: (count > 0)
+                .then(|| self.compliance_sum[g] as f64 / FIXED_POINT / f64::from(count)),
+            compliance_min: self.compliance_min[g],
+            stale_by_max: self.stale_by_max[g],
         }
     }
 }
@@ -350,9 +376,9 @@ pub fn aggregate<'a>(
     group: &str,
     members: impl IntoIterator<Item = (&'a str, &'a DriftSummary)>,
 ) -> DriftAggregate {
-    let mut acc = DriftAccumulator::default();
+    let mut acc = DriftGroups::new(1);
     for (node, s) in members {
-        acc.add(node, s);
+        acc.add(0, node, s);
     }
-    acc.finish(group, str::to_owned)
+    acc.finish(0, group, str::to_owned)
 }

@@ -100,6 +100,20 @@ pub fn trust_domain_of(twin: &DigitalTwin) -> Option<&str> {
         })
 }
 
+/// Whether an event may change what the graph holds of its node (its
+/// component, region, zone, clusters, links or trust domain). Only these
+/// fold into those twin fields; the engine updates the graph after them.
+pub fn changes_placement(payload: &sx_common::event::EventPayload) -> bool {
+    use sx_common::event::EventPayload as P;
+    matches!(
+        payload,
+        P::IdentityReported(_)
+            | P::TopologyReported(_)
+            | P::TrustChainValidated(_)
+            | P::CertificateRotated(_)
+    )
+}
+
 /// The fleet graph, maintained incrementally from the twins.
 ///
 /// Invariants: every reported twin the engine holds is a vertex; an edge

@@ -194,6 +194,7 @@ impl ProjectionEngine {
         };
         let view = &mut *entry.view;
         let mut change: Option<NodeChange> = None;
+        let mut placement_changed = entry.row == NO_ROW;
         for event in events {
             if event.node_id != node {
                 break;
@@ -206,6 +207,7 @@ impl ProjectionEngine {
             }
             fold::apply(&mut view.twin, event);
             view.trust.apply(event);
+            placement_changed |= graph::changes_placement(&event.payload);
             if let Some(entry) = LedgerEntry::from_event(event) {
                 if view.recent_ledger.len() >= LEDGER_IN_MEMORY {
                     view.recent_ledger.remove(0);
@@ -231,7 +233,9 @@ impl ProjectionEngine {
         view.twin.trust.sbom_lineage.shrink_to_fit();
         view.drift = drift::analyze(&view.twin, &self.desired);
         view.summary = DriftSummary::of(&view.drift, &view.twin);
-        self.graph.update_node(node, &view.twin);
+        if placement_changed {
+            self.graph.update_node(node, &view.twin);
+        }
         if entry.row == NO_ROW {
             let id = self.graph.shared_id(node).unwrap_or_else(|| node.into());
             entry.row = self.table.add(id);

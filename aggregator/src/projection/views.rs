@@ -4,7 +4,7 @@
 //! passed in, never mixed into the node-reported twin.
 
 use super::ProjectionEngine;
-use super::drift::{self, DriftAccumulator, DriftAggregate};
+use super::drift::{self, DriftAggregate, DriftGroups};
 use super::rows::Row;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -82,26 +82,29 @@ pub fn drift_by(engine: &ProjectionEngine, by: GroupBy) -> Vec<DriftAggregate> {
     // Members are keyed by (rank of the node id, row): ties among the
     // worst nodes are broken without reading node ids.
     let ranks = engine.ranks();
-    let mut groups: Vec<Option<DriftAccumulator<(u32, u32)>>> = vec![None; table.names.len()];
+    let mut groups: DriftGroups<(u32, u32)> = DriftGroups::new(table.names.len());
     let keyed = cells.iter().zip(ranks).enumerate();
     if by == GroupBy::Cluster {
         for ((row_ix, (cell, rank)), (_, row, _)) in keyed.zip(table.iter()) {
             let s = cell.summary();
             for g in row.groups(by) {
-                groups[*g as usize]
-                    .get_or_insert_default()
-                    .add((*rank, row_ix as u32), &s);
+                groups.add(*g as usize, (*rank, row_ix as u32), &s);
             }
         }
     } else {
         for (row_ix, (cell, rank)) in keyed {
-            groups[cell.group(by) as usize]
-                .get_or_insert_default()
-                .add((*rank, row_ix as u32), &cell.summary());
+            groups.add(
+                cell.group(by) as usize,
+                (*rank, row_ix as u32),
+                &cell.summary(),
+            );
         }
     }
-    table.names.sorted(groups, |name, acc| {
-        acc.finish(name, |(_, row)| table.node(row).to_owned())
+    let present: Vec<Option<usize>> = (0..table.names.len())
+        .map(|g| groups.has_members(g).then_some(g))
+        .collect();
+    table.names.sorted(present, |name, g| {
+        groups.finish(g, name, |(_, row)| table.node(row).to_owned())
     })
 }
 

@@ -7,13 +7,22 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use sx_tests::bin;
 
 const TIME_LIMIT: Duration = Duration::from_secs(420);
 
 fn run_fleet(data_dir: &std::path::Path) -> Result<(String, Value)> {
-    let fleet = bin("sx-fleet");
+    // Cargo builds `sx-fleet` for this test; `sx-agent` and `sx-aggregator`
+    // land in the same directory (their packages' own tests build them).
+    let fleet = std::path::PathBuf::from(env!("CARGO_BIN_EXE_sx-fleet"));
     let bin_dir = fleet.parent().context("bin dir")?.to_path_buf();
+    for name in ["sx-agent", "sx-aggregator"] {
+        if !bin_dir.join(name).exists() {
+            bail!(
+                "{} is missing: run the tests with `cargo test --workspace`",
+                bin_dir.join(name).display()
+            );
+        }
+    }
     let mut child = Command::new(&fleet)
         .args([
             "--nodes",
