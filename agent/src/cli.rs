@@ -55,6 +55,11 @@ pub enum Command {
     /// Apply an aggregator's receipt: verify it, advance the receipted
     /// mark, record the desired state and the completed sync.
     ImportReceipt(ImportReceiptArgs),
+    /// Rotate the node certificate and key (through the running agent when
+    /// there is one): record `trust.certificate_rotated` signed with the
+    /// old key, keep the old key for verifying the checkpoints it signed,
+    /// install the new files, sign from then on with the new key.
+    Rotate(RotateArgs),
     /// Append random batches forever, printing the head after each commit
     /// (crash tests).
     #[command(hide = true)]
@@ -177,6 +182,18 @@ pub struct ImportReceiptArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// The new node certificate (PEM) from the fleet CA, for this node.
+    #[arg(long)]
+    pub cert: PathBuf,
+    /// The new certificate's private key (PKCS#8 PEM).
+    #[arg(long)]
+    pub key: PathBuf,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct DebugAppendLoopArgs {
     /// Largest batch (events per transaction); each batch is 1..=this.
     #[arg(long, default_value_t = 50)]
@@ -203,6 +220,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => run_agent(&dir, args),
         Command::ExportBundle(args) => export_bundle(&dir, args),
         Command::ImportReceipt(args) => import_receipt(&dir, args),
+        Command::Rotate(args) => rotate(&dir, args),
         Command::DebugAppendLoop(args) => debug_append_loop(&dir, args),
     }
 }
@@ -353,11 +371,12 @@ fn verify(dir: &DataDir, args: OutputArgs) -> Result<ExitCode> {
                 print_json(&json!({ "ok": true, "report": report }))?;
             } else {
                 println!(
-                    "ok: journal of {} verifies: {} events from seq {}, {} checkpoints, head seq {} {}",
+                    "ok: journal of {} verifies: {} events from seq {}, {} checkpoints ({} retired keys), head seq {} {}",
                     report.node_id,
                     report.events,
                     report.first_held_seq,
                     report.checkpoints,
+                    report.retired_keys,
                     report.head.seq,
                     report.head.hash
                 );
@@ -467,6 +486,38 @@ fn import_receipt(dir: &DataDir, args: ImportReceiptArgs) -> Result<ExitCode> {
         println!(
             "receipt from {} for seq {} already applied: nothing changed",
             applied.aggregator, applied.head.seq
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rotate(dir: &DataDir, args: RotateArgs) -> Result<ExitCode> {
+    use sx_agent::journal::rotation::{self, RotateRequest};
+    let cwd = std::env::current_dir().context("the current directory")?;
+    let request = RotateRequest {
+        // Absolute: the running agent may have another working directory.
+        cert: cwd.join(args.cert),
+        key: cwd.join(args.key),
+    };
+    let socket = dir.root().join(sx_agent::local::SOCKET_FILE);
+    let (rotated, via) = match sx_agent::local::rotate_via_socket(&socket, request.clone())? {
+        Some(rotated) => (rotated, " (via the running agent)"),
+        None => (
+            rotation::rotate_stopped(dir, &request, Timestamp::now())?,
+            "",
+        ),
+    };
+    if args.output.json {
+        print_json(&rotated)?;
+    } else {
+        println!(
+            "rotated the certificate of {}: {} -> {} (valid until {}); trust.certificate_rotated at seq {} {} is the last checkpoint of the old key{via}",
+            rotated.node_id,
+            rotated.old_fingerprint,
+            rotated.new_fingerprint,
+            rotated.new_valid_until,
+            rotated.seq,
+            rotated.hash,
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -17,8 +17,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let journal = dir
         .open_journal()
         .with_context(|| format!("opening the journal in {}", dir.root().display()))?;
-    let key = dir.signing_key()?;
-    let journal = JournalHandle::new(journal, key)?;
+    let credentials = crate::tls::Credentials::load(&dir.cert_path(), &dir.key_path())?;
+    let journal = JournalHandle::new(journal, credentials)?;
     tracing::info!(
         node = journal.node_id(),
         head = journal.head().seq,

@@ -1,8 +1,12 @@
 //! The journal as the running agent shares it: one owner behind a mutex,
-//! every call run on the blocking pool, and a watch channel that tells the
-//! uplink when the head moved.
+//! every call run on the blocking pool, a watch channel that tells the
+//! uplink when the head moved, and one holding the node's current TLS
+//! credentials, which a certificate rotation replaces.
 
-use crate::journal::{AppendOutcome, Journal, JournalError, Marks, RedbJournal};
+use crate::journal::rotation::{self, PreparedRotation, RotateError, Rotated};
+use crate::journal::{AppendOutcome, DataDir, Journal, JournalError, Marks, RedbJournal};
+use crate::tls::Credentials;
+use ed25519_dalek::VerifyingKey;
 use std::sync::{Arc, Mutex};
 use sx_common::chain::{ChainHead, Checkpoint, Digest};
 use sx_common::event::EventPayload;
@@ -13,9 +17,11 @@ use tokio::sync::watch;
 #[derive(Clone, Debug)]
 pub struct JournalHandle {
     inner: Arc<Mutex<RedbJournal>>,
-    key: Arc<ed25519_dalek::SigningKey>,
     node_id: Arc<str>,
     head: watch::Sender<ChainHead>,
+    /// The certificate and key the uplink presents; their key is the one
+    /// the journal signs new checkpoints with.
+    credentials: watch::Sender<Arc<Credentials>>,
     /// The node's own twin, folded from every held event and kept current
     /// by each append (drift is detected against it).
     twin: Arc<Mutex<sx_common::DigitalTwin>>,
@@ -28,12 +34,30 @@ pub struct OutgoingBatch {
     pub from: u64,
     pub events: Vec<Vec<u8>>,
     pub checkpoint: Checkpoint,
+    /// The public key of the checkpoint's signature: a session whose
+    /// certificate carries another key (the node rotated meanwhile) must
+    /// not send the batch.
+    pub signer: VerifyingKey,
+}
+
+/// Why [`JournalHandle::new`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandleError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The certificate's key is not the key the journal signs with.
+    #[error("the node certificate's key is not the journal's signing key")]
+    CredentialsMismatch,
 }
 
 impl JournalHandle {
     /// Takes ownership of the journal and folds its held events into the
-    /// node's twin.
-    pub fn new(journal: RedbJournal, key: ed25519_dalek::SigningKey) -> Result<Self, JournalError> {
+    /// node's twin. `credentials` must carry the journal's current key.
+    pub fn new(journal: RedbJournal, credentials: Credentials) -> Result<Self, HandleError> {
+        if credentials.public_key() != journal.verifying_key() {
+            return Err(HandleError::CredentialsMismatch);
+        }
         let mut twin = sx_common::DigitalTwin::default();
         let mut next = journal.marks().first_held_seq.max(1);
         loop {
@@ -48,8 +72,8 @@ impl JournalHandle {
         Ok(JournalHandle {
             node_id: journal.node_id().into(),
             inner: Arc::new(Mutex::new(journal)),
-            key: Arc::new(key),
             head,
+            credentials: watch::channel(Arc::new(credentials)).0,
             twin: Arc::new(Mutex::new(twin)),
         })
     }
@@ -72,10 +96,28 @@ impl JournalHandle {
         self.head.subscribe()
     }
 
+    /// The node's current TLS credentials.
+    pub fn credentials(&self) -> Arc<Credentials> {
+        self.credentials.borrow().clone()
+    }
+
+    /// Notified whenever a rotation replaced the credentials.
+    pub fn watch_credentials(&self) -> watch::Receiver<Arc<Credentials>> {
+        self.credentials.subscribe()
+    }
+
     async fn with<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut RedbJournal) -> Result<R, JournalError> + Send + 'static,
     ) -> Result<R, JournalError> {
+        self.blocking(f).await
+    }
+
+    /// Runs `f` on the journal on the blocking pool.
+    async fn blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut RedbJournal) -> R + Send + 'static,
+    ) -> R {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let mut guard = inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -92,21 +134,64 @@ impl JournalHandle {
         items: Vec<(Timestamp, EventPayload)>,
     ) -> Result<AppendOutcome, JournalError> {
         let outcome = self.with(move |j| j.append(&items)).await?;
+        self.appended(&outcome.events);
+        Ok(outcome)
+    }
+
+    /// Folds appended events into the twin and moves the head watch.
+    fn appended(&self, events: &[sx_common::chain::SealedEvent]) {
         {
             let mut twin = self.twin.lock().unwrap_or_else(|p| p.into_inner());
-            for e in &outcome.events {
+            for e in events {
                 sx_common::fold::apply(&mut twin, &e.event);
             }
         }
+        let Some(last) = events.last() else { return };
         self.head.send_if_modified(|h| {
-            let new = outcome.head();
-            let moved = new.seq > h.seq;
+            let moved = last.event.seq > h.seq;
             if moved {
-                *h = new;
+                *h = ChainHead {
+                    seq: last.event.seq,
+                    hash: last.hash,
+                };
             }
             moved
         });
-        Ok(outcome)
+    }
+
+    /// Applies a prepared certificate rotation (see
+    /// [`rotation::apply`]) to the held journal, then hands the uplink the
+    /// new credentials: it ends its session and reconnects with them. Also
+    /// when installing the files failed after the journal commit, the
+    /// journal signs with the new key from then on, so the credentials
+    /// move with it.
+    pub async fn rotate(
+        &self,
+        dir: DataDir,
+        prepared: PreparedRotation,
+        now: Timestamp,
+    ) -> Result<Rotated, RotateError> {
+        let credentials = Credentials::from_pem(prepared.cert_pem(), prepared.key_pem());
+        let (result, rotated_event) = self
+            .blocking(move |j| {
+                let before = j.verifying_key();
+                let result = rotation::apply(&dir, j, &prepared, now);
+                let event = (j.verifying_key() != before)
+                    .then(|| j.read_range(j.head().seq, 1).ok())
+                    .flatten();
+                (result.map(|(rotated, _)| rotated), event)
+            })
+            .await;
+        if let Some(events) = rotated_event {
+            self.appended(&events);
+            match credentials {
+                Ok(c) => {
+                    self.credentials.send_replace(Arc::new(c));
+                }
+                Err(e) => tracing::error!("new credentials unusable after rotation: {e:#}"),
+            }
+        }
+        result
     }
 
     /// Appends one payload stamped `now`.
@@ -115,21 +200,20 @@ impl JournalHandle {
     }
 
     /// Up to `max` events from `from`, with a fresh checkpoint signed over
-    /// the last one.
+    /// the last one with the current key (so events checkpointed under a
+    /// key a rotation retired go out signed with the new one).
     pub async fn read_batch(&self, from: u64, max: usize) -> Result<OutgoingBatch, JournalError> {
-        let key = self.key.clone();
-        let node = self.node_id.clone();
         self.with(move |j| {
             let (events, last) = j.read_raw(from, max)?;
             let last = last.ok_or(JournalError::Pruned {
                 requested: from,
                 first_held: j.marks().first_held_seq,
             })?;
-            let checkpoint = Checkpoint::sign(&key, &node, last.seq, last.hash);
             Ok(OutgoingBatch {
                 from,
                 events,
-                checkpoint,
+                checkpoint: j.sign_checkpoint(last),
+                signer: j.verifying_key(),
             })
         })
         .await

@@ -10,6 +10,8 @@
 //! - [`RedbJournal`] is the embedded implementation (one redb file).
 //! - [`data_dir`] is the agent's data directory (identity files + journal)
 //!   and the local operations the CLI runs on it (`init`, `record`, ...).
+//! - [`rotation`] rotates the node certificate and key: the rotation event
+//!   signed with the old key, the key history, the new files installed.
 //!
 //! # Invariants
 //!
@@ -27,11 +29,12 @@
 pub mod data_dir;
 mod error;
 mod redb_journal;
+pub mod rotation;
 mod seal;
 
 pub use data_dir::{DataDir, record_local};
 pub use error::JournalError;
-pub use redb_journal::{CHECKPOINTS_TABLE, EVENTS_TABLE, META_TABLE, RedbJournal};
+pub use redb_journal::{CHECKPOINTS_TABLE, EVENTS_TABLE, META_TABLE, RedbJournal, RetiredKey};
 
 use serde::Serialize;
 use sx_common::{ChainHead, Checkpoint, Digest, EventPayload, SealedEvent, Span, Timestamp};
@@ -110,7 +113,9 @@ pub trait Journal {
     /// Verifies the whole held journal: every event decodes and sits under
     /// its own seq, the chain links from the last pruned hash to the head,
     /// and every segment is closed by a checkpoint signed by the node key
-    /// (one [`sx_common::chain::verify_batch`] per checkpoint).
+    /// of its time (the current key, or the retired key whose range holds
+    /// the checkpoint's seq after a certificate rotation), one
+    /// [`sx_common::chain::verify_batch`] per checkpoint.
     fn verify(&self) -> Result<VerifyReport, JournalError>;
 }
 
@@ -175,4 +180,7 @@ pub struct VerifyReport {
     pub events: u64,
     /// Number of checkpoint signatures checked.
     pub checkpoints: u64,
+    /// Keys certificate rotations retired: their checkpoints verified
+    /// against them.
+    pub retired_keys: u64,
 }

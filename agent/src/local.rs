@@ -11,11 +11,16 @@
 //!
 //! A request may instead carry a bundle operation, `{"bundle": ...}` (a
 //! [`LocalRequest`](crate::bundle::LocalRequest): export a bundle, apply a
-//! receipt), answered with `{"ok": true, "bundle": ...}`.
+//! receipt), answered with `{"ok": true, "bundle": ...}`, or a certificate
+//! rotation, `{"rotate": {"cert": "/abs/new.pem", "key": "/abs/new.key"}}`
+//! (a [`RotateRequest`]), answered with `{"ok": true, "rotated": ...}` (a
+//! [`Rotated`]) once the rotation is durable and the uplink was told to
+//! reconnect with the new certificate.
 
 use crate::bundle::{LocalAnswer, LocalRequest};
 use crate::handle::JournalHandle;
 use crate::journal::DataDir;
+use crate::journal::rotation::{RotateRequest, Rotated};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -45,6 +50,9 @@ struct Request {
     /// A bundle operation instead of events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     bundle: Option<LocalRequest>,
+    /// A certificate rotation instead of events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rotate: Option<RotateRequest>,
 }
 
 /// One recorded event, as answered.
@@ -64,6 +72,8 @@ struct Answer {
     error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     bundle: Option<LocalAnswer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rotated: Option<Rotated>,
 }
 
 /// Turns request items into payloads; the first bad one fails the whole
@@ -121,17 +131,13 @@ async fn serve_client(stream: UnixStream, journal: JournalHandle, dir: DataDir) 
             return Ok(());
         }
         let answer = match handle_request(&line, &journal, &dir).await {
-            Ok((events, bundle)) => Answer {
-                ok: true,
-                events,
-                error: None,
-                bundle,
-            },
+            Ok(answer) => answer,
             Err(e) => Answer {
                 ok: false,
                 events: Vec::new(),
                 error: Some(format!("{e:#}")),
                 bundle: None,
+                rotated: None,
             },
         };
         let mut out = serde_json::to_vec(&answer)?;
@@ -140,22 +146,45 @@ async fn serve_client(stream: UnixStream, journal: JournalHandle, dir: DataDir) 
     }
 }
 
-async fn handle_request(
-    line: &str,
-    journal: &JournalHandle,
-    dir: &DataDir,
-) -> Result<(Vec<Recorded>, Option<LocalAnswer>)> {
+async fn handle_request(line: &str, journal: &JournalHandle, dir: &DataDir) -> Result<Answer> {
     if !line.ends_with('\n') {
         bail!("request longer than {MAX_REQUEST_BYTES} bytes or not newline-terminated");
     }
     let req: Request = serde_json::from_str(line).context("request is not valid JSON")?;
+    let mut answer = Answer {
+        ok: true,
+        events: Vec::new(),
+        error: None,
+        bundle: None,
+        rotated: None,
+    };
     if let Some(op) = req.bundle {
-        let answer = crate::bundle::serve_local(op, dir.clone(), journal.clone()).await?;
-        return Ok((Vec::new(), Some(answer)));
+        answer.bundle = Some(crate::bundle::serve_local(op, dir.clone(), journal.clone()).await?);
+        return Ok(answer);
+    }
+    if let Some(request) = req.rotate {
+        let now = Timestamp::now();
+        let prepared = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::journal::rotation::prepare(&dir, &request, now)
+            })
+            .await
+            .context("rotation check task")??
+        };
+        let rotated = journal.rotate(dir.clone(), prepared, now).await?;
+        tracing::info!(
+            seq = rotated.seq,
+            old = %rotated.old_fingerprint,
+            new = %rotated.new_fingerprint,
+            "node certificate rotated"
+        );
+        answer.rotated = Some(rotated);
+        return Ok(answer);
     }
     let items = parse_items(req.events)?;
     let outcome = journal.append(items).await?;
-    let recorded = outcome
+    answer.events = outcome
         .events
         .iter()
         .map(|e| Recorded {
@@ -164,7 +193,7 @@ async fn handle_request(
             hash: e.hash,
         })
         .collect();
-    Ok((recorded, None))
+    Ok(answer)
 }
 
 /// Records through a running agent's socket. `Ok(None)` when no agent
@@ -173,6 +202,7 @@ pub fn record_via_socket(path: &Path, items: Vec<RecordItem>) -> Result<Option<V
     let request = Request {
         events: items,
         bundle: None,
+        rotate: None,
     };
     Ok(ask(path, &request)?.map(|answer| answer.events))
 }
@@ -183,6 +213,7 @@ pub fn bundle_via_socket(path: &Path, op: LocalRequest) -> Result<Option<LocalAn
     let request = Request {
         events: Vec::new(),
         bundle: Some(op),
+        rotate: None,
     };
     match ask(path, &request)? {
         None => Ok(None),
@@ -191,6 +222,26 @@ pub fn bundle_via_socket(path: &Path, op: LocalRequest) -> Result<Option<LocalAn
             ..
         }) => Ok(Some(answer)),
         Some(_) => bail!("the running agent does not know bundle operations (an older agent?)"),
+    }
+}
+
+/// Rotates the certificate of a running agent (`request`'s paths must be
+/// absolute: the agent may run in another directory). `Ok(None)` when no
+/// agent listens there (the caller then rotates the stopped agent's data
+/// directory).
+pub fn rotate_via_socket(path: &Path, request: RotateRequest) -> Result<Option<Rotated>> {
+    let request = Request {
+        events: Vec::new(),
+        bundle: None,
+        rotate: Some(request),
+    };
+    match ask(path, &request)? {
+        None => Ok(None),
+        Some(Answer {
+            rotated: Some(rotated),
+            ..
+        }) => Ok(Some(rotated)),
+        Some(_) => bail!("the running agent does not know certificate rotation (an older agent?)"),
     }
 }
 

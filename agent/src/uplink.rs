@@ -182,30 +182,44 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let dir = crate::journal::DataDir::new(&config.agent.data_dir);
-    let client = crate::tls::quic_client_config(
-        &dir.cert_path(),
-        &dir.key_path(),
-        &dir.ca_path(),
-        config.uplink.idle_timeout,
-    )?;
     let bind: std::net::SocketAddr = if config.agent.aggregator.is_ipv6() {
         "[::]:0".parse()?
     } else {
         "0.0.0.0:0".parse()?
     };
-    let mut endpoint = quinn::Endpoint::client(bind).context("binding the QUIC client")?;
-    endpoint.set_default_client_config(client);
+    let endpoint = quinn::Endpoint::client(bind).context("binding the QUIC client")?;
+    // The client configuration of the current credentials, rebuilt after a
+    // certificate rotation replaced them.
+    let mut client: Option<(std::sync::Arc<crate::tls::Credentials>, quinn::ClientConfig)> = None;
     let mut failures: u32 = 0;
+    // After a rotation the link did not go down: reconnect at once, and
+    // record no loss of connectivity.
+    let mut rotated = false;
     loop {
         if *shutdown.borrow() {
             break;
         }
-        let backlog = journal
-            .head()
-            .seq
-            .saturating_sub(journal.marks().await.delivered_seq());
-        connectivity.observe(Link::Down, None, backlog).await?;
-        match connect(&endpoint, config).await {
+        let credentials = journal.credentials();
+        let tls = match &client {
+            Some((c, tls)) if std::sync::Arc::ptr_eq(c, &credentials) => tls.clone(),
+            _ => {
+                let tls = crate::tls::quic_client_config(
+                    &credentials,
+                    &dir.ca_path(),
+                    config.uplink.idle_timeout,
+                )?;
+                client = Some((credentials.clone(), tls.clone()));
+                tls
+            }
+        };
+        if !rotated {
+            let backlog = journal
+                .head()
+                .seq
+                .saturating_sub(journal.marks().await.delivered_seq());
+            connectivity.observe(Link::Down, None, backlog).await?;
+        }
+        match connect(&endpoint, tls, config).await {
             Ok(conn) => {
                 connectivity.contact();
                 let backlog = journal
@@ -215,11 +229,25 @@ pub async fn run(
                 connectivity
                     .observe(Link::Connecting, None, backlog)
                     .await?;
-                let outcome =
-                    drive(&conn, config, &journal, &mut connectivity, &mut shutdown).await;
+                let outcome = drive(
+                    &conn,
+                    config,
+                    &journal,
+                    credentials.public_key(),
+                    &mut connectivity,
+                    &mut shutdown,
+                )
+                .await;
                 conn.close(quinn::VarInt::from_u32(0), b"agent closing");
+                rotated = matches!(outcome, Ok(Ended::Rotated));
                 match outcome {
-                    Ok(end) => {
+                    Ok(Ended::Rotated) => {
+                        tracing::info!(
+                            "node certificate rotated: reconnecting with the new certificate"
+                        );
+                        failures = 0;
+                    }
+                    Ok(Ended::Session(end)) => {
                         tracing::info!("session ended: {end}");
                         if matches!(end, SessionEnd::Refused { .. }) {
                             failures = failures.saturating_add(1);
@@ -232,7 +260,10 @@ pub async fn run(
                         failures = failures.saturating_add(1);
                     }
                 }
-                if !*shutdown.borrow() && connectivity.state() != ConnectivityState::EdgeCached {
+                if !rotated
+                    && !*shutdown.borrow()
+                    && connectivity.state() != ConnectivityState::EdgeCached
+                {
                     let reason = Some(String::from("session_ended"));
                     journal
                         .record(EventPayload::ConnectionLost(Note { reason }))
@@ -241,8 +272,12 @@ pub async fn run(
             }
             Err(e) => {
                 tracing::debug!("connect failed: {e:#}");
+                rotated = false;
                 failures = failures.saturating_add(1);
             }
+        }
+        if rotated {
+            continue;
         }
         let delay = backoff(config, failures);
         tokio::select! {
@@ -268,9 +303,13 @@ fn backoff(config: &Config, failures: u32) -> Duration {
     capped.mul_f64(jitter)
 }
 
-async fn connect(endpoint: &quinn::Endpoint, config: &Config) -> Result<quinn::Connection> {
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    tls: quinn::ClientConfig,
+    config: &Config,
+) -> Result<quinn::Connection> {
     let connecting = endpoint
-        .connect(config.agent.aggregator, &config.agent.server_name)
+        .connect_with(tls, config.agent.aggregator, &config.agent.server_name)
         .context("starting the QUIC connection")?;
     tokio::time::timeout(config.uplink.connect_timeout, connecting)
         .await
@@ -318,14 +357,26 @@ fn protocol_config(config: &Config) -> AgentConfig {
     }
 }
 
-/// Drives one session over `conn` until it ends.
+/// How a session ended without an error.
+#[derive(Debug)]
+enum Ended {
+    /// The protocol session ended.
+    Session(SessionEnd),
+    /// The node's certificate was rotated: the session, authenticated with
+    /// the old certificate, cannot carry batches signed with the new key.
+    Rotated,
+}
+
+/// Drives one session over `conn`, authenticated with the certificate of
+/// `session_key`, until it ends.
 async fn drive(
     conn: &quinn::Connection,
     config: &Config,
     journal: &JournalHandle,
+    session_key: ed25519_dalek::VerifyingKey,
     connectivity: &mut Connectivity,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<SessionEnd> {
+) -> Result<Ended> {
     let (mut send, recv) = conn.open_bi().await.context("opening the sync stream")?;
     let mut session = AgentSession::new(
         protocol_config(config),
@@ -336,6 +387,11 @@ async fn drive(
     let (tx, mut rx) = mpsc::channel(64);
     let reader = tokio::spawn(read_frames(recv, tx));
     let mut heads = journal.watch_head();
+    let mut credentials = journal.watch_credentials();
+    if credentials.borrow_and_update().public_key() != session_key {
+        // Rotated between connecting and here.
+        return Ok(Ended::Rotated);
+    }
     let mut reading: Option<
         oneshot::Receiver<Result<OutgoingBatch, crate::journal::JournalError>>,
     > = None;
@@ -411,7 +467,7 @@ async fn drive(
                 }
                 AgentEvent::Closed(end) => {
                     reader.abort();
-                    return Ok(end);
+                    return Ok(Ended::Session(end));
                 }
             }
         }
@@ -426,7 +482,7 @@ async fn drive(
             // Shutting down: wait for the acks of what is in flight (so the
             // journal's marks are current), but no longer than a moment.
             if session.in_flight() == 0 || tokio::time::Instant::now() >= deadline {
-                break Ok(SessionEnd::Shutdown);
+                break Ok(Ended::Session(SessionEnd::Shutdown));
             }
         }
         let wait = session
@@ -442,6 +498,10 @@ async fn drive(
             batch = async { reading.as_mut().expect("guarded").await }, if reading.is_some() => {
                 reading = None;
                 match batch {
+                    // Signed with a key this session's certificate does not
+                    // carry: the aggregator would refuse it. Reconnect with
+                    // the new certificate; the batch is read again then.
+                    Ok(Ok(b)) if b.signer != session_key => break Ok(Ended::Rotated),
                     Ok(Ok(b)) => session.send_batch(b.from, b.events, b.checkpoint, Timestamp::now()),
                     Ok(Err(e)) => break Err(anyhow!("reading the journal: {e}")),
                     Err(_) => session.batch_unavailable(),
@@ -455,6 +515,11 @@ async fn drive(
             }
             _ = tokio::time::sleep(Duration::from_micros(wait)) => {
                 session.handle_timeout(Timestamp::now());
+            }
+            changed = credentials.changed() => {
+                if changed.is_ok() && credentials.borrow_and_update().public_key() != session_key {
+                    break Ok(Ended::Rotated);
+                }
             }
             _ = shutdown.changed(), if draining.is_none() => {
                 draining = Some(tokio::time::Instant::now() + Duration::from_secs(2));

@@ -130,14 +130,20 @@ impl DataDir {
 
     /// Opens the journal with the node key, checking that it is the journal
     /// of the node the certificate names.
+    ///
+    /// Completes a certificate rotation a crash interrupted after its
+    /// journal commit (see [`super::rotation`]): when the journal refuses
+    /// `node.key` and the staged new key opens it, the staged files are
+    /// installed first. Staged files of a rotation that never committed
+    /// are removed.
     pub fn open_journal(&self) -> Result<RedbJournal, DataDirError> {
         if !self.is_initialised() {
             return Err(DataDirError::NotInitialised {
                 dir: self.root.clone(),
             });
         }
+        let journal = super::rotation::open_completing(self)?;
         let identity = self.identity()?;
-        let journal = RedbJournal::open(self.journal_path(), self.signing_key()?)?;
         if journal.node_id() != identity.node_id {
             return Err(JournalError::WrongNode {
                 expected: identity.node_id,
@@ -346,7 +352,7 @@ fn first_events(
     ]
 }
 
-fn first_certificate(path: &Path) -> Result<CertInfo, DataDirError> {
+pub(super) fn first_certificate(path: &Path) -> Result<CertInfo, DataDirError> {
     let pem = fs::read_to_string(path).map_err(|source| DataDirError::Io {
         path: path.to_owned(),
         source,
@@ -366,7 +372,7 @@ fn first_certificate(path: &Path) -> Result<CertInfo, DataDirError> {
 /// Validates the node certificate against the CA as a TLS server would
 /// validate it as a client certificate (rustls/webpki): CA signature,
 /// validity at `now`, client-auth key usage.
-fn validate_chain(cert: &Path, ca: &Path, now: Timestamp) -> Result<(), DataDirError> {
+pub(super) fn validate_chain(cert: &Path, ca: &Path, now: Timestamp) -> Result<(), DataDirError> {
     let load = |path: &Path| -> Result<Vec<CertificateDer<'static>>, DataDirError> {
         sx_certs::load_certs_pem(path).map_err(|source| DataDirError::Pki {
             path: path.to_owned(),
@@ -430,7 +436,7 @@ fn copy_file(from: &Path, to: &Path, mode: u32) -> Result<(), DataDirError> {
     fs::rename(&tmp, to).map_err(io_err(to))
 }
 
-fn remove_if_exists(path: &Path) -> Result<(), DataDirError> {
+pub(super) fn remove_if_exists(path: &Path) -> Result<(), DataDirError> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(DataDirError::Io {
             path: path.to_owned(),
@@ -440,7 +446,7 @@ fn remove_if_exists(path: &Path) -> Result<(), DataDirError> {
     }
 }
 
-fn sync_dir(path: &Path) -> Result<(), DataDirError> {
+pub(super) fn sync_dir(path: &Path) -> Result<(), DataDirError> {
     File::open(path)
         .and_then(|dir| dir.sync_all())
         .map_err(|source| DataDirError::Io {

@@ -52,6 +52,15 @@ pub enum JournalError {
     /// The signing key is not the one recorded when the journal was created.
     #[error("signing key does not match the public key recorded in the journal")]
     KeyMismatch,
+    /// The signing key was the node's key until a certificate rotation
+    /// retired it with the checkpoint at `last_seq`.
+    #[error(
+        "signing key was retired by the certificate rotation at seq {last_seq}; use the current node key"
+    )]
+    KeyRetired { last_seq: u64 },
+    /// A rotation to the current key or to a retired one.
+    #[error("the new key is the current node key or a retired one: a rotation needs a fresh key")]
+    KeyReused,
     /// The file holds no journal (no node id recorded).
     #[error("not a journal: no node id recorded in its meta table")]
     NotInitialised,

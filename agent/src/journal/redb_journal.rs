@@ -9,9 +9,20 @@
 //! | [`META_TABLE`] `meta` | name `&str` | see below |
 //!
 //! Meta entries: `format` (u32 BE), `node_id` (UTF-8), `public_key` (32
-//! raw Ed25519 bytes), and the marks, each seq as u64 BE optionally
-//! followed by a 32-byte hash: `acked` (seq+hash), `exported` (seq),
-//! `receipted` (seq+hash), `pruned` (seq+hash of the last pruned event).
+//! raw Ed25519 bytes: the current key), `key_history` (the retired keys,
+//! see below), and the marks, each seq as u64 BE optionally followed by a
+//! 32-byte hash: `acked` (seq+hash), `exported` (seq), `receipted`
+//! (seq+hash), `pruned` (seq+hash of the last pruned event).
+//!
+//! # Key history
+//!
+//! A certificate rotation ([`RedbJournal::rotate_key`]) retires the node
+//! key: `key_history` holds one 48-byte record per retired key, oldest
+//! first: the first and last checkpoint seq it signed (u64 BE each) and
+//! its 32-byte public key. Checkpoints above the last retired seq verify
+//! against `public_key`. A journal with a key history is written as format
+//! 2, so a build that knows only one key per journal refuses it clearly
+//! instead of failing to verify it; format 1 journals are read as before.
 //!
 //! Event hashes are not stored: they are recomputed from the bytes on read
 //! (SHA-256 over a few hundred bytes costs far less than the extra 32 bytes
@@ -40,13 +51,17 @@ pub const CHECKPOINTS_TABLE: TableDefinition<'static, u64, &[u8]> =
 /// Identity and marks.
 pub const META_TABLE: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("meta");
 
-/// The layout version written at create and checked at open.
-const FORMAT_VERSION: u32 = 1;
+/// The layout version written at create: one key, no key history.
+const FORMAT_SINGLE_KEY: u32 = 1;
+/// The layout version once a key was retired (`key_history` present).
+const FORMAT_KEY_HISTORY: u32 = 2;
 const CHECKPOINT_ROW_LEN: usize = 32 + 64;
+const KEY_RECORD_LEN: usize = 8 + 8 + 32;
 
 const META_FORMAT: &str = "format";
 const META_NODE_ID: &str = "node_id";
 const META_PUBLIC_KEY: &str = "public_key";
+const META_KEY_HISTORY: &str = "key_history";
 const META_ACKED: &str = "acked";
 const META_EXPORTED: &str = "exported";
 const META_RECEIPTED: &str = "receipted";
@@ -69,7 +84,19 @@ pub struct RedbJournal {
     acked: ChainHead,
     exported_seq: u64,
     receipted: ChainHead,
+    /// Retired keys, oldest first.
+    key_history: Vec<RetiredKey>,
     sealer: Sealer,
+}
+
+/// A node key a certificate rotation retired, and the checkpoints it
+/// signed: every checkpoint with seq in `first_seq..=last_seq`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetiredKey {
+    pub first_seq: u64,
+    /// The seq of the rotation event: the last one this key signed.
+    pub last_seq: u64,
+    pub public_key: VerifyingKey,
 }
 
 impl fmt::Debug for RedbJournal {
@@ -140,7 +167,7 @@ impl RedbJournal {
             if let Some(node_id) = existing {
                 return Err(JournalError::AlreadyInitialised { node_id });
             }
-            meta.insert(META_FORMAT, FORMAT_VERSION.to_be_bytes().as_slice())?;
+            meta.insert(META_FORMAT, FORMAT_SINGLE_KEY.to_be_bytes().as_slice())?;
             meta.insert(META_NODE_ID, node_id.as_bytes())?;
             meta.insert(META_PUBLIC_KEY, verifying_key.as_bytes().as_slice())?;
             txn.open_table(EVENTS_TABLE)?;
@@ -157,13 +184,15 @@ impl RedbJournal {
             acked: ChainHead::default(),
             exported_seq: 0,
             receipted: ChainHead::default(),
+            key_history: Vec::new(),
             sealer: Sealer::default(),
         })
     }
 
     /// Opens an existing journal. Refuses a file without a journal
     /// ([`JournalError::NotInitialised`]) and a key whose public key is not
-    /// the one recorded at create ([`JournalError::KeyMismatch`]). Checks
+    /// the journal's current one ([`JournalError::KeyMismatch`], or
+    /// [`JournalError::KeyRetired`] for a key a rotation retired). Checks
     /// that the last held event is covered by the last checkpoint, so a
     /// journal is never extended from an unsigned head.
     pub fn open(path: impl AsRef<Path>, key: SigningKey) -> Result<Self, JournalError> {
@@ -179,13 +208,92 @@ impl RedbJournal {
             acked: state.acked,
             exported_seq: state.exported_seq,
             receipted: state.receipted,
+            key_history: state.key_history,
             sealer: Sealer::default(),
         })
     }
 
-    /// The public key the journal's checkpoints verify against.
+    /// The current public key: new checkpoints are signed with its key.
     pub fn verifying_key(&self) -> VerifyingKey {
         self.verifying_key
+    }
+
+    /// The keys certificate rotations retired, oldest first.
+    pub fn key_history(&self) -> &[RetiredKey] {
+        &self.key_history
+    }
+
+    /// The public key the stored checkpoint at `seq` verifies against: the
+    /// retired key whose range holds `seq`, else the current key.
+    pub fn verifying_key_at(&self, seq: u64) -> VerifyingKey {
+        key_at(&self.key_history, self.verifying_key, seq)
+    }
+
+    /// Signs a checkpoint of (node, `head`) with the current key, as the
+    /// uplink does for each batch it sends.
+    pub fn sign_checkpoint(&self, head: ChainHead) -> Checkpoint {
+        Checkpoint::sign(&self.key, &self.node_id, head.seq, head.hash)
+    }
+
+    /// Rotates the node key: in ONE durable transaction, appends `rotation`
+    /// (normally `trust.certificate_rotated`) as the last event signed with
+    /// the current key, retires that key into the key history with the
+    /// checkpoint range it signed, and makes `new_key` the current key.
+    /// Every later checkpoint is signed with `new_key`; [`verify`] checks
+    /// each stored checkpoint against the key of its range.
+    ///
+    /// Refuses `new_key` equal to the current key or to a retired one
+    /// ([`JournalError::KeyReused`]). On any error nothing changed.
+    ///
+    /// [`verify`]: Journal::verify
+    pub fn rotate_key(
+        &mut self,
+        rotation: (Timestamp, EventPayload),
+        new_key: SigningKey,
+    ) -> Result<AppendOutcome, JournalError> {
+        let new_public = new_key.verifying_key();
+        if new_public == self.verifying_key
+            || self.key_history.iter().any(|k| k.public_key == new_public)
+        {
+            return Err(JournalError::KeyReused);
+        }
+        let events =
+            self.sealer
+                .seal_batch(&self.node_id, self.head, std::slice::from_ref(&rotation))?;
+        let head = events
+            .last()
+            .map(|e| ChainHead {
+                seq: e.event.seq,
+                hash: e.hash,
+            })
+            .ok_or(JournalError::EmptyAppend)?;
+        let checkpoint = self.sign_checkpoint(head);
+        let mut history = self.key_history.clone();
+        history.push(RetiredKey {
+            first_seq: history.last().map_or(1, |k| k.last_seq + 1),
+            last_seq: head.seq,
+            public_key: self.verifying_key,
+        });
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(EVENTS_TABLE)?;
+            for e in &events {
+                table.insert(e.event.seq, e.bytes.as_slice())?;
+            }
+            txn.open_table(CHECKPOINTS_TABLE)?
+                .insert(head.seq, checkpoint_row(&checkpoint).as_slice())?;
+            let mut meta = txn.open_table(META_TABLE)?;
+            meta.insert(META_FORMAT, FORMAT_KEY_HISTORY.to_be_bytes().as_slice())?;
+            meta.insert(META_KEY_HISTORY, encode_key_history(&history).as_slice())?;
+            meta.insert(META_PUBLIC_KEY, new_public.as_bytes().as_slice())?;
+        }
+        // Durable commit; on any error above, dropping `txn` aborts it.
+        txn.commit()?;
+        self.head = head;
+        self.key_history = history;
+        self.key = new_key;
+        self.verifying_key = new_public;
+        Ok(AppendOutcome { events, checkpoint })
     }
 
     /// Closes the file, reporting any error redb meets while doing so.
@@ -301,7 +409,7 @@ impl Journal for RedbJournal {
                 hash: e.hash,
             })
             .ok_or(JournalError::EmptyAppend)?;
-        let checkpoint = Checkpoint::sign(&self.key, &self.node_id, head.seq, head.hash);
+        let checkpoint = self.sign_checkpoint(head);
         txn.open_table(CHECKPOINTS_TABLE)?
             .insert(head.seq, checkpoint_row(&checkpoint).as_slice())?;
         // Durable (Immediate) commit: only once it returned is the head ours.
@@ -466,6 +574,7 @@ impl Journal for RedbJournal {
             head: self.head,
             events: 0,
             checkpoints: 0,
+            retired_keys: self.key_history.len() as u64,
         };
         for row in checkpoints.range(0..)? {
             let (seq, bytes) = row?;
@@ -490,7 +599,7 @@ impl Journal for RedbJournal {
             }
             let verified = verify_batch(
                 &self.node_id,
-                &self.verifying_key,
+                &self.verifying_key_at(checkpoint.seq),
                 stored,
                 &segment,
                 &checkpoint,
@@ -534,6 +643,7 @@ struct LoadedState {
     acked: ChainHead,
     exported_seq: u64,
     receipted: ChainHead,
+    key_history: Vec<RetiredKey>,
 }
 
 fn load_state(db: &Database, key: &SigningKey) -> Result<LoadedState, JournalError> {
@@ -558,18 +668,28 @@ fn load_state(db: &Database, key: &SigningKey) -> Result<LoadedState, JournalErr
             key: META_FORMAT,
             reason: "missing or not 4 bytes".to_owned(),
         })?;
-    if format != FORMAT_VERSION {
+    if format != FORMAT_SINGLE_KEY && format != FORMAT_KEY_HISTORY {
         return Err(JournalError::UnsupportedFormat {
             found: format,
-            expected: FORMAT_VERSION,
+            expected: FORMAT_KEY_HISTORY,
         });
     }
+    let key_history = match meta_bytes(META_KEY_HISTORY)? {
+        Some(bytes) => decode_key_history(&bytes)?,
+        None => Vec::new(),
+    };
     let public_key = meta_bytes(META_PUBLIC_KEY)?.ok_or_else(|| JournalError::CorruptMeta {
         key: META_PUBLIC_KEY,
         reason: "missing".to_owned(),
     })?;
     if public_key.as_slice() != key.verifying_key().as_bytes().as_slice() {
-        return Err(JournalError::KeyMismatch);
+        let public = key.verifying_key();
+        return Err(match key_history.iter().find(|k| k.public_key == public) {
+            Some(retired) => JournalError::KeyRetired {
+                last_seq: retired.last_seq,
+            },
+            None => JournalError::KeyMismatch,
+        });
     }
     let head_mark = |name: &'static str| -> Result<ChainHead, JournalError> {
         match meta_bytes(name)? {
@@ -638,7 +758,66 @@ fn load_state(db: &Database, key: &SigningKey) -> Result<LoadedState, JournalErr
         acked,
         exported_seq,
         receipted,
+        key_history,
     })
+}
+
+/// The key of the range holding `seq`, else `current`.
+fn key_at(history: &[RetiredKey], current: VerifyingKey, seq: u64) -> VerifyingKey {
+    history
+        .iter()
+        .find(|k| (k.first_seq..=k.last_seq).contains(&seq))
+        .map_or(current, |k| k.public_key)
+}
+
+fn encode_key_history(history: &[RetiredKey]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(history.len() * KEY_RECORD_LEN);
+    for k in history {
+        out.extend_from_slice(&k.first_seq.to_be_bytes());
+        out.extend_from_slice(&k.last_seq.to_be_bytes());
+        out.extend_from_slice(k.public_key.as_bytes());
+    }
+    out
+}
+
+/// Decodes `key_history`: whole records with ordered, adjacent ranges and
+/// valid Ed25519 keys.
+fn decode_key_history(bytes: &[u8]) -> Result<Vec<RetiredKey>, JournalError> {
+    let corrupt = |reason: String| JournalError::CorruptMeta {
+        key: META_KEY_HISTORY,
+        reason,
+    };
+    if !bytes.len().is_multiple_of(KEY_RECORD_LEN) {
+        return Err(corrupt(format!(
+            "{} bytes, not a multiple of {KEY_RECORD_LEN}",
+            bytes.len()
+        )));
+    }
+    let mut out: Vec<RetiredKey> = Vec::with_capacity(bytes.len() / KEY_RECORD_LEN);
+    for record in bytes.chunks_exact(KEY_RECORD_LEN) {
+        let (first, rest) = record.split_at(8);
+        let (last, key) = rest.split_at(8);
+        let seq = |b: &[u8]| <[u8; 8]>::try_from(b).map(u64::from_be_bytes);
+        let (Ok(first_seq), Ok(last_seq), Ok(key)) =
+            (seq(first), seq(last), <[u8; 32]>::try_from(key))
+        else {
+            return Err(corrupt("malformed record".to_owned()));
+        };
+        let public_key = VerifyingKey::from_bytes(&key)
+            .map_err(|e| corrupt(format!("retired key unusable: {e}")))?;
+        let expected_first = out.last().map_or(1, |k| k.last_seq + 1);
+        if first_seq != expected_first || last_seq < first_seq {
+            return Err(corrupt(format!(
+                "range {first_seq}..={last_seq} does not follow the previous one"
+            )));
+        }
+        out.push(RetiredKey {
+            first_seq,
+            last_seq,
+            public_key,
+        });
+    }
+    Ok(out)
 }
 
 /// Decodes a stored event, checking it sits under its own seq.
