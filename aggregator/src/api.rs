@@ -1,5 +1,7 @@
-//! The HTTP JSON API (loopback by default). This module holds the routes
-//! the sync service needs; operators' routes build on the same state.
+//! The HTTP JSON API (loopback by default; beyond it, every route needs the
+//! operator credential: see [`crate::access`]). This module holds the
+//! routes the sync service needs and `/metrics`; operators' routes build on
+//! the same state.
 
 use crate::server::Shared;
 use axum::extract::{Path, Query, State};
@@ -12,10 +14,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use sx_common::time::Timestamp;
 
-/// Serves the API on `listener` until the task is aborted.
+/// Serves the API on `listener` until the task is aborted, and samples the
+/// ingest rate `/metrics` reports meanwhile.
 pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
-    if let Err(e) = axum::serve(listener, router(shared)).await {
-        tracing::error!("API server stopped: {e}");
+    let sampler = crate::metrics::sample_ingest_rate(shared.clone());
+    tokio::select! {
+        served = axum::serve(listener, router(shared)) => {
+            if let Err(e) = served {
+                tracing::error!("API server stopped: {e}");
+            }
+        }
+        () = sampler => {}
     }
 }
 
@@ -23,9 +32,18 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
 /// otherwise.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
+/// Every route, behind the access rule of the configured `api_listen`. A
+/// configuration [`run`](crate::server::run) would refuse (beyond loopback
+/// without a token) gets a router that answers 401 to everything but
+/// `/healthz`.
 pub fn router(shared: Arc<Shared>) -> Router {
+    let access = crate::access::ApiAccess::from_config(&shared.config).unwrap_or_else(|e| {
+        tracing::error!("{e}: refusing every request");
+        crate::access::ApiAccess::Closed
+    });
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .route("/api/v1/status", get(status))
         .route("/api/v1/nodes/{node}/events", get(node_events))
         .route("/api/v1/refusals", get(refusals))
@@ -33,11 +51,32 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .merge(crate::query::routes())
         .merge(crate::bundle::routes())
         .merge(crate::ui::routes())
+        .merge(crate::access::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         // Request bodies (desired-state changes) are small; routes that take
         // more (bundle import) set their own, larger limit.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(access),
+            crate::access::require_operator,
+        ))
         .with_state(shared)
+}
+
+/// `GET /metrics`: the Prometheus text exposition ([`crate::metrics`]).
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    match tokio::task::spawn_blocking(move || crate::metrics::render(&shared)).await {
+        Ok(Ok(text)) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                crate::metrics::CONTENT_TYPE,
+            )],
+            text,
+        )
+            .into_response(),
+        Ok(Err(e)) => ApiError::internal(e).into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
 }
 
 /// A JSON error body with a status code.

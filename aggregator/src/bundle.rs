@@ -521,6 +521,11 @@ async fn import_http(State(shared): State<Arc<Shared>>, body: Bytes) -> Response
         }
         Err(e) => Err(e),
     };
+    shared.metrics.bundle_import(match &result {
+        Ok(i) if i.outcome == ImportOutcome::Imported => "imported",
+        Ok(_) => "already-held",
+        Err(_) => "refused",
+    });
     match result {
         Ok(imported) => {
             tracing::info!(
@@ -585,6 +590,10 @@ pub struct ImportArgs {
     /// (default: the configured `api_listen`).
     #[arg(long)]
     pub api: Option<String>,
+    /// Operator token for that API when it listens beyond loopback
+    /// (default: the configured `operator_token`).
+    #[arg(long, env = "SX_OPERATOR_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Print one JSON object per file.
     #[arg(long)]
     pub json: bool,
@@ -643,7 +652,13 @@ pub fn run_cli(mut config: Config, args: ImportArgs) -> Result<()> {
                 .clone()
                 .unwrap_or_else(|| config.aggregator.api_listen.to_string());
             tracing::info!("the store is held by a running aggregator: importing through {api}");
-            import_all(&args.files, |bytes| post_bundle(&api, bytes))
+            let token = args
+                .token
+                .clone()
+                .or_else(|| config.aggregator.operator_token.clone());
+            import_all(&args.files, |bytes| {
+                post_bundle(&api, token.as_deref(), bytes)
+            })
         }
         Err(e) => {
             return Err(e).with_context(|| {
@@ -725,7 +740,7 @@ fn read_bundle(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// Posts a bundle to a running aggregator's API.
-fn post_bundle(api: &str, bytes: &[u8]) -> FileResult {
+fn post_bundle(api: &str, token: Option<&str>, bytes: &[u8]) -> FileResult {
     let url = format!("http://{api}/api/v1/bundles");
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -737,9 +752,13 @@ fn post_bundle(api: &str, bytes: &[u8]) -> FileResult {
         ),
         cause: "api-unreachable".to_owned(),
     };
-    let mut response = agent
+    let mut request = agent
         .post(&url)
-        .header("content-type", "application/octet-stream")
+        .header("content-type", "application/octet-stream");
+    if let Some(token) = token {
+        request = request.header("authorization", &format!("Bearer {token}"));
+    }
+    let mut response = request
         .send(bytes)
         .map_err(|e| unreachable(e.to_string()))?;
     let ok = response.status().is_success();

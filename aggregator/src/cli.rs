@@ -18,6 +18,17 @@ pub struct ApiArgs {
     /// Print the API's JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Operator token, sent as `Authorization: Bearer`; needed when the
+    /// API listens beyond loopback.
+    #[arg(long, env = "SX_OPERATOR_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl ApiArgs {
+    /// A client of the API these arguments name.
+    pub fn client(&self) -> ApiClient {
+        ApiClient::new(&self.api).with_token(self.token.as_deref())
+    }
 }
 
 /// A client of the operator API.
@@ -25,6 +36,7 @@ pub struct ApiArgs {
 pub struct ApiClient {
     base: String,
     agent: ureq::Agent,
+    token: Option<String>,
 }
 
 impl ApiClient {
@@ -39,7 +51,17 @@ impl ApiClient {
             .timeout_global(Some(std::time::Duration::from_secs(30)))
             .build()
             .into();
-        ApiClient { base, agent }
+        ApiClient {
+            base,
+            agent,
+            token: None,
+        }
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request.
+    pub fn with_token(mut self, token: Option<&str>) -> Self {
+        self.token = token.map(str::to_owned);
+        self
     }
 
     /// `GET path` with query parameters (absent ones left out); the API's
@@ -47,6 +69,9 @@ impl ApiClient {
     pub fn get(&self, path: &str, query: &[(&str, Option<String>)]) -> Result<Value> {
         let url = format!("{}{path}", self.base);
         let mut req = self.agent.get(&url);
+        if let Some(token) = &self.token {
+            req = req.header("authorization", &format!("Bearer {token}"));
+        }
         for (k, v) in query {
             if let Some(v) = v {
                 req = req.query(*k, v);
@@ -123,9 +148,9 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) {
 }
 
 /// `sx-aggregator status`.
-pub fn status(api: &str, json: bool) -> Result<()> {
-    let status = ApiClient::new(api).get("/api/v1/status", &[])?;
-    if json {
+pub fn status(args: &ApiArgs) -> Result<()> {
+    let status = args.client().get("/api/v1/status", &[])?;
+    if args.json {
         return print_json(&status);
     }
     println!(
@@ -170,7 +195,7 @@ pub fn status(api: &str, json: bool) -> Result<()> {
 
 /// `sx-aggregator fleet`: the fleet summary.
 pub fn fleet(args: &ApiArgs) -> Result<()> {
-    let f = ApiClient::new(&args.api).get("/api/v1/fleet", &[])?;
+    let f = args.client().get("/api/v1/fleet", &[])?;
     if args.json {
         return print_json(&f);
     }
@@ -236,7 +261,7 @@ pub struct TwinFilterArgs {
 
 /// `sx-aggregator twins`: the twin list, filtered.
 pub fn twins(args: &ApiArgs, f: &TwinFilterArgs) -> Result<()> {
-    let v = ApiClient::new(&args.api).get(
+    let v = args.client().get(
         "/api/v1/twins",
         &[
             ("region", f.region.clone()),
@@ -297,7 +322,7 @@ pub fn twins(args: &ApiArgs, f: &TwinFilterArgs) -> Result<()> {
 
 /// `sx-aggregator twin NODE [--at TIME]`.
 pub fn twin(args: &ApiArgs, node: &str, at: Option<&str>) -> Result<()> {
-    let v = ApiClient::new(&args.api).get(
+    let v = args.client().get(
         &format!("/api/v1/twins/{}", segment(node)),
         &[("at", at.map(str::to_owned))],
     )?;
@@ -372,7 +397,7 @@ pub fn twin(args: &ApiArgs, node: &str, at: Option<&str>) -> Result<()> {
 
 /// `sx-aggregator drift [--by GROUP] [--node NODE]`.
 pub fn drift(args: &ApiArgs, by: Option<&str>, node: Option<&str>) -> Result<()> {
-    let client = ApiClient::new(&args.api);
+    let client = args.client();
     if let Some(node) = node {
         let v = client.get(&format!("/api/v1/twins/{}/drift", segment(node)), &[])?;
         if args.json {
@@ -427,8 +452,9 @@ pub fn drift(args: &ApiArgs, by: Option<&str>, node: Option<&str>) -> Result<()>
 
 /// `sx-aggregator ledger NODE`.
 pub fn ledger(args: &ApiArgs, node: &str) -> Result<()> {
-    let v =
-        ApiClient::new(&args.api).get(&format!("/api/v1/twins/{}/ledger", segment(node)), &[])?;
+    let v = args
+        .client()
+        .get(&format!("/api/v1/twins/{}/ledger", segment(node)), &[])?;
     if args.json {
         return print_json(&v);
     }
@@ -464,8 +490,9 @@ pub fn ledger(args: &ApiArgs, node: &str) -> Result<()> {
 
 /// `sx-aggregator trust NODE`.
 pub fn trust(args: &ApiArgs, node: &str) -> Result<()> {
-    let v =
-        ApiClient::new(&args.api).get(&format!("/api/v1/twins/{}/trust", segment(node)), &[])?;
+    let v = args
+        .client()
+        .get(&format!("/api/v1/twins/{}/trust", segment(node)), &[])?;
     if args.json {
         return print_json(&v);
     }
@@ -519,7 +546,7 @@ pub fn trust(args: &ApiArgs, node: &str) -> Result<()> {
 
 /// `sx-aggregator neighbours NODE [--link-type TYPE]`.
 pub fn neighbours(args: &ApiArgs, node: &str, link_type: Option<&str>) -> Result<()> {
-    let v = ApiClient::new(&args.api).get(
+    let v = args.client().get(
         &format!("/api/v1/graph/neighbours/{}", segment(node)),
         &[("type", link_type.map(str::to_owned))],
     )?;
@@ -561,7 +588,7 @@ pub struct ImpactArgs {
 
 /// `sx-aggregator impact (--node N | --zone Z) [--cluster C]`.
 pub fn impact(args: &ApiArgs, i: &ImpactArgs) -> Result<()> {
-    let v = ApiClient::new(&args.api).get(
+    let v = args.client().get(
         "/api/v1/graph/impact",
         &[
             ("node", i.node.clone()),

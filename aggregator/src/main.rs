@@ -51,14 +51,7 @@ enum Command {
     ImportBundle(sx_aggregator::bundle::ImportArgs),
     /// Show every node's sync state (acked seq, last sync, backlog, RTT,
     /// connection) from a running aggregator's API.
-    Status {
-        /// API address of the running aggregator.
-        #[arg(long, default_value = "127.0.0.1:7180")]
-        api: String,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Status(ApiArgs),
     /// Fleet summary: nodes, events, connectivity spectrum, drift, lifecycle,
     /// refusals (API `/api/v1/fleet`).
     Fleet(ApiArgs),
@@ -181,7 +174,7 @@ fn main() -> Result<()> {
                 result
             })
         }
-        Command::Status { api, json } => sx_aggregator::cli::status(&api, json),
+        Command::Status(api) => cli::status(&api),
         Command::Fleet(api) => cli::fleet(&api),
         Command::Twins { api, filter } => cli::twins(&api, &filter),
         Command::Twin { node, at, api } => cli::twin(&api, &node, at.as_deref()),

@@ -481,14 +481,9 @@ pub fn operator(shared: &Shared, headers: &HeaderMap) -> Result<String, ApiError
             "changes need an operator credential, and none is configured (aggregator.operator_token)",
         ));
     };
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+    let given = crate::access::bearer(headers)
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer token"))?;
-    // Compare digests so the comparison time does not depend on the token.
-    use sha2::Digest as _;
-    if sha2::Sha256::digest(given.as_bytes()) != sha2::Sha256::digest(expected.as_bytes()) {
+    if !crate::access::token_matches(expected, given) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "invalid operator token",

@@ -77,6 +77,8 @@ pub struct Shared {
     pub sync: SyncTable,
     pub refusals: Refusals,
     pub started_at: Timestamp,
+    /// Counters only `/metrics` reports (see [`crate::metrics`]).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for dyn EventStore {
@@ -99,6 +101,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     ready: Option<oneshot::Sender<Bound>>,
 ) -> Result<()> {
+    // Beyond loopback the API needs an operator credential: refuse to start
+    // without one rather than serve the fleet to anyone.
+    crate::access::ApiAccess::from_config(&config)?;
     std::fs::create_dir_all(&config.aggregator.data_dir)
         .with_context(|| format!("creating {}", config.aggregator.data_dir.display()))?;
     let store: Arc<dyn EventStore> =
@@ -152,6 +157,7 @@ pub async fn run(
         sync: SyncTable::default(),
         refusals: Refusals::default(),
         started_at: Timestamp::now(),
+        metrics: crate::metrics::Metrics::default(),
     });
     tracing::info!(%quic_addr, %api_addr, "aggregator listening");
     if let Some(ready) = ready {
@@ -309,6 +315,7 @@ fn peer_identity(conn: &quinn::Connection) -> Result<PeerIdentity, String> {
 }
 
 async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
+    let _open = shared.metrics.connection_opened();
     let peer = conn.remote_address().to_string();
     let identity = match peer_identity(&conn) {
         Ok(id) => id,

@@ -367,6 +367,26 @@ impl Agent {
         }
     }
 
+    /// `sx-agent rotate --cert CERT --key KEY --json`: through the socket
+    /// when the agent runs, on the data directory when it is stopped.
+    /// Returns what the command printed.
+    pub fn rotate_cli(&self, bins: &Binaries, cert: &Path, key: &Path) -> Result<Value> {
+        let out = run_cli(
+            &bins.agent,
+            &[
+                "--data-dir".as_ref(),
+                self.data_dir.as_os_str(),
+                "rotate".as_ref(),
+                "--cert".as_ref(),
+                cert.as_os_str(),
+                "--key".as_ref(),
+                key.as_os_str(),
+                "--json".as_ref(),
+            ],
+        )?;
+        serde_json::from_str(&out).with_context(|| format!("sx-agent rotate printed {out}"))
+    }
+
     /// `sx-agent record TYPE JSON`: through the socket when the agent runs,
     /// straight into the journal when it is stopped.
     pub fn record_cli(&self, bins: &Binaries, event_type: &str, payload: &Value) -> Result<()> {

@@ -718,15 +718,12 @@ impl Fleet {
             .sum()
     }
 
-    /// Rotates one node's certificate: a new certificate from the CA
-    /// (forced), `trust.certificate_rotated` recorded and delivered under
-    /// the old key, then the agent restarted on the new certificate with
-    /// its journal kept.
-    ///
-    /// `sx-agent init --force` would start a new, empty journal (seq 1
-    /// again, which the aggregator must refuse as a fork), so the key and
-    /// certificate files of the data directory are swapped by hand while
-    /// the agent is stopped: the agent has no `rotate` command yet.
+    /// Rotates one node's certificate while its agent runs: a new
+    /// certificate from the CA (forced), then `sx-agent rotate`, which
+    /// records `trust.certificate_rotated` signed with the old key, installs
+    /// the new files and has the uplink reconnect with them. The node keeps
+    /// syncing under its new certificate, and the aggregator's trust index
+    /// shows the rotation.
     fn certificate_rotation(&mut self) {
         match self.rotate() {
             Ok(detail) => {
@@ -749,87 +746,61 @@ impl Fleet {
             .cloned()
             .context("no rempart in region-a")?;
         let r = n.region_index;
-        let old_pem = std::fs::read_to_string(self.agents[&n.id].data_dir.join("node.pem"))?;
-        let old = sx_certs::inspect_pem(&old_pem)?
-            .into_iter()
-            .next()
-            .context("old certificate")?;
         let mut req = NodeRequest::new(&n.id, &n.component, &n.region, &n.zone);
         req.force = true;
         let issued = self.pki.issue_node(&req)?;
-        let new = sx_certs::inspect_pem(&issued.cert_pem)?
-            .into_iter()
-            .next()
-            .context("new certificate")?;
-        let payload = json!({
-            "old_fingerprint": old.fingerprint,
-            "new_fingerprint": issued.fingerprint,
-            "new_certificate": issued.cert_pem,
-            "new_valid_until": sx_common::Timestamp::from_secs(new.not_after),
-        });
-        self.agents[&n.id].record_cli(&self.bins, "trust.certificate_rotated", &payload)?;
-        if !self.wait_synced(r, std::slice::from_ref(&n.id), Duration::from_secs(30)) {
-            bail!("the rotation event was not delivered under the old key");
+        let rotated =
+            self.agents[&n.id].rotate_cli(&self.bins, &issued.cert_path, &issued.key_path)?;
+        let rotation_seq = rotated["seq"]
+            .as_u64()
+            .context("sx-agent rotate printed no seq")?;
+        if rotated["new_fingerprint"] != issued.fingerprint.as_str() {
+            bail!("sx-agent rotate reported {rotated}, not the issued certificate");
         }
-        let acked_before = self.acked(r, &n.id);
-        let data_dir = self.agents[&n.id].data_dir.clone();
-        self.agent_mut(&n.id).stop();
-        for f in ["node.pem", "node.key"] {
-            std::fs::copy(
-                data_dir.join(f),
-                data_dir.join(format!("{f}.before-rotation")),
-            )?;
-        }
-        std::fs::copy(&issued.cert_path, data_dir.join("node.pem"))?;
-        std::fs::copy(&issued.key_path, data_dir.join("node.key"))?;
-        self.start_agent(&n.id)?;
-        if let Err(e) = self.agent_mut(&n.id).wait_socket(Duration::from_secs(20)) {
-            // Put the old identity back so the node keeps running.
-            for f in ["node.pem", "node.key"] {
-                std::fs::copy(
-                    data_dir.join(format!("{f}.before-rotation")),
-                    data_dir.join(f),
-                )?;
-            }
-            self.start_agent(&n.id)?;
-            let log = std::fs::read_to_string(&self.agents[&n.id].log).unwrap_or_default();
-            let why = log
-                .lines()
-                .rev()
-                .find(|l| l.contains("error"))
-                .unwrap_or("")
-                .to_owned();
-            bail!(
-                "the rotation event (seq {acked_before}) was delivered under the old key, but the agent \
-                 refuses to run on the new key ({}): the journal pins the node's key, and \
-                 `sx-agent init --force` would start a new journal (seq 1 again, a fork for the \
-                 aggregator); the agent needs a `rotate` command; node restored on its old certificate",
-                if why.is_empty() {
-                    format!("{e:#}")
-                } else {
-                    why
-                }
-            );
-        }
+        let old_fingerprint = rotated["old_fingerprint"].as_str().unwrap_or("").to_owned();
         self.agents[&n.id].record_batch(&[(
             "trust.attestation_performed",
             json!({ "result": "verified", "detail": "first attestation under the rotated key" }),
         )])?;
         if !self.wait_synced(r, std::slice::from_ref(&n.id), Duration::from_secs(30)) {
             bail!(
-                "after the swap the agent of {} did not sync under its new certificate: see {}",
+                "after the rotation the agent of {} did not sync under its new certificate: see {}",
                 n.id,
                 self.agents[&n.id].log.display()
             );
         }
-        let acked_after = self.acked(r, &n.id);
-        if acked_after <= acked_before {
-            bail!("no event was accepted under the new certificate");
+        let acked = self.acked(r, &n.id);
+        if acked <= rotation_seq {
+            bail!("no event after the rotation (seq {rotation_seq}) was accepted: acked {acked}");
+        }
+        let trust = self.aggregators[r].get(&format!("/api/v1/twins/{}/trust", n.id))?;
+        let shown = trust["rotations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|x| {
+                x["seq"] == rotation_seq
+                    && x["old_fingerprint"] == old_fingerprint.as_str()
+                    && x["new_fingerprint"] == issued.fingerprint.as_str()
+            });
+        if !shown {
+            bail!(
+                "the trust index of {} does not show the rotation: {trust}",
+                n.id
+            );
+        }
+        let ingest = trust["ingest_fingerprint"].as_str().unwrap_or("");
+        if ingest != issued.fingerprint {
+            bail!(
+                "the aggregator last saw {} with certificate {ingest:?}, not the new {}",
+                n.id,
+                issued.fingerprint
+            );
         }
         Ok(format!(
-            "{}: {} → {}; events up to seq {acked_before} under the old key, up to {acked_after} under the new",
+            "{}: {} → {} by `sx-agent rotate` while running; rotation at seq {rotation_seq} signed with the old key, events up to seq {acked} accepted under the new certificate; trust index shows the rotation",
             n.id,
-            &old.fingerprint[..19],
+            &old_fingerprint[..old_fingerprint.len().min(19)],
             &issued.fingerprint[..19]
         ))
     }

@@ -392,6 +392,8 @@ pub fn stored_stream(data_dir: &Path, node: &str) -> Result<StoredStream> {
     Ok(StoredStream { events })
 }
 
+pub mod http;
+pub mod prometheus;
 pub mod rogue;
 
 /// Every event a stopped agent's journal holds, in seq order.
