@@ -94,38 +94,17 @@ impl Connectivity {
 }
 
 /// The last connectivity state the journal recorded and the last moment
-/// the aggregator was known reachable, scanning back from the head. A node
-/// never in contact counts from its oldest held event; one with no recorded
-/// state starts `disconnected`.
+/// the aggregator was known reachable (kept by the journal handle's fold).
+/// A node never in contact counts from its oldest held event; one with no
+/// recorded state starts `disconnected`.
 async fn last_recorded(journal: &JournalHandle) -> Result<(ConnectivityState, Timestamp)> {
-    const CHUNK: u64 = 4_096;
-    let first_held = journal.marks().await.first_held_seq.max(1);
-    let mut end = journal.head().seq;
-    let mut state = None;
-    let mut contact = None;
-    let mut oldest = None;
-    while end >= first_held && (state.is_none() || contact.is_none()) {
-        let from = end.saturating_sub(CHUNK - 1).max(first_held);
-        let chunk = journal.read(from, (end - from + 1) as usize).await?;
-        for e in chunk.iter().rev() {
-            if state.is_none()
-                && let EventPayload::ConnectivityTransition(t) = &e.event.payload
-            {
-                state = Some(t.to);
-            }
-            if contact.is_none() && is_contact(&e.event.payload) {
-                contact = Some(e.event.timestamp);
-            }
-        }
-        oldest = chunk.first().map(|e| e.event.timestamp).or(oldest);
-        if from == first_held {
-            break;
-        }
-        end = from - 1;
-    }
+    let recorded = journal.recorded_connectivity();
     Ok((
-        state.unwrap_or(ConnectivityState::Disconnected),
-        contact.or(oldest).unwrap_or_else(Timestamp::now),
+        recorded.state.unwrap_or(ConnectivityState::Disconnected),
+        recorded
+            .last_contact
+            .or(recorded.oldest)
+            .unwrap_or_else(Timestamp::now),
     ))
 }
 
@@ -160,18 +139,6 @@ pub async fn learn_desired(
         journal.append(items).await?;
     }
     Ok(())
-}
-
-/// Whether an event shows the aggregator was reachable when it was recorded.
-fn is_contact(payload: &EventPayload) -> bool {
-    match payload {
-        EventPayload::ConnectionEstablished(_) | EventPayload::SyncCompleted(_) => true,
-        EventPayload::ConnectivityTransition(t) => matches!(
-            t.to,
-            ConnectivityState::Live | ConnectivityState::Delayed | ConnectivityState::Replaying
-        ),
-        _ => false,
-    }
 }
 
 /// Runs the uplink until `shutdown` fires.
@@ -239,13 +206,22 @@ pub async fn run(
                 )
                 .await;
                 conn.close(quinn::VarInt::from_u32(0), b"agent closing");
-                rotated = matches!(outcome, Ok(Ended::Rotated));
+                // Reconnect at once only when there are new credentials
+                // to reconnect with (never loop on a key mismatch).
+                rotated = matches!(outcome, Ok(Ended::Rotated))
+                    && !std::sync::Arc::ptr_eq(&journal.credentials(), &credentials);
                 match outcome {
-                    Ok(Ended::Rotated) => {
+                    Ok(Ended::Rotated) if rotated => {
                         tracing::info!(
                             "node certificate rotated: reconnecting with the new certificate"
                         );
                         failures = 0;
+                    }
+                    Ok(Ended::Rotated) => {
+                        tracing::error!(
+                            "the journal signs with a key the node certificate does not carry"
+                        );
+                        failures = failures.saturating_add(1);
                     }
                     Ok(Ended::Session(end)) => {
                         tracing::info!("session ended: {end}");
