@@ -25,6 +25,45 @@ pub struct JournalHandle {
     /// The node's own twin, folded from every held event and kept current
     /// by each append (drift is detected against it).
     twin: Arc<Mutex<sx_common::DigitalTwin>>,
+    /// What the connectivity recorder resumes from, kept by the same folds.
+    recorded: Arc<Mutex<RecordedConnectivity>>,
+}
+
+/// The node's own account of its connectivity, as its held events tell
+/// it: the last state recorded, the last moment the aggregator was known
+/// reachable, and the time of the oldest held event (when the node
+/// started, as far as the journal knows).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RecordedConnectivity {
+    pub state: Option<sx_common::model::ConnectivityState>,
+    pub last_contact: Option<Timestamp>,
+    pub oldest: Option<Timestamp>,
+}
+
+impl RecordedConnectivity {
+    /// Takes one more event (in seq order) into account.
+    pub fn note(&mut self, event: &sx_common::Event) {
+        self.oldest.get_or_insert(event.timestamp);
+        if let EventPayload::ConnectivityTransition(t) = &event.payload {
+            self.state = Some(t.to);
+        }
+        if is_contact(&event.payload) {
+            self.last_contact = Some(event.timestamp);
+        }
+    }
+}
+
+/// Whether an event shows the aggregator was reachable when it was
+/// recorded.
+pub fn is_contact(payload: &EventPayload) -> bool {
+    use sx_common::model::ConnectivityState as S;
+    match payload {
+        EventPayload::ConnectionEstablished(_) | EventPayload::SyncCompleted(_) => true,
+        EventPayload::ConnectivityTransition(t) => {
+            matches!(t.to, S::Live | S::Delayed | S::Replaying)
+        }
+        _ => false,
+    }
 }
 
 /// A batch read for the uplink: canonical bytes and a checkpoint over the
@@ -59,15 +98,11 @@ impl JournalHandle {
             return Err(HandleError::CredentialsMismatch);
         }
         let mut twin = sx_common::DigitalTwin::default();
-        let mut next = journal.marks().first_held_seq.max(1);
-        loop {
-            let chunk = journal.read_range(next, 4_096)?;
-            let Some(last) = chunk.last() else { break };
-            next = last.event.seq + 1;
-            for e in &chunk {
-                sx_common::fold::apply(&mut twin, &e.event);
-            }
-        }
+        let mut recorded = RecordedConnectivity::default();
+        journal.for_each_event(journal.marks().first_held_seq.max(1), |e| {
+            sx_common::fold::apply(&mut twin, e);
+            recorded.note(e);
+        })?;
         let (head, _) = watch::channel(journal.head());
         Ok(JournalHandle {
             node_id: journal.node_id().into(),
@@ -75,7 +110,13 @@ impl JournalHandle {
             head,
             credentials: watch::channel(Arc::new(credentials)).0,
             twin: Arc::new(Mutex::new(twin)),
+            recorded: Arc::new(Mutex::new(recorded)),
         })
+    }
+
+    /// The node's connectivity as its held events record it.
+    pub fn recorded_connectivity(&self) -> RecordedConnectivity {
+        *self.recorded.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A copy of the node's current twin.
@@ -144,6 +185,12 @@ impl JournalHandle {
             let mut twin = self.twin.lock().unwrap_or_else(|p| p.into_inner());
             for e in events {
                 sx_common::fold::apply(&mut twin, &e.event);
+            }
+        }
+        {
+            let mut recorded = self.recorded.lock().unwrap_or_else(|p| p.into_inner());
+            for e in events {
+                recorded.note(&e.event);
             }
         }
         let Some(last) = events.last() else { return };

@@ -85,6 +85,49 @@ pub fn canonical_bytes(event: &Event) -> Vec<u8> {
     postcard::to_allocvec(event).unwrap_or_default()
 }
 
+/// Whether `bytes` are exactly the canonical encoding of `event`: the
+/// event is serialised against the bytes, compared as it goes, without
+/// building the encoding (this runs for every event an aggregator receives).
+pub fn is_canonical(event: &Event, bytes: &[u8]) -> bool {
+    postcard::serialize_with_flavor(
+        event,
+        Compare {
+            expected: bytes,
+            at: 0,
+        },
+    )
+    .unwrap_or(false)
+}
+
+/// A postcard output that compares what is written with `expected`;
+/// resolves to whether all of `expected` was written, and nothing else.
+struct Compare<'a> {
+    expected: &'a [u8],
+    at: usize,
+}
+
+impl postcard::ser_flavors::Flavor for Compare<'_> {
+    type Output = bool;
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        let end = self.at + data.len();
+        if self.expected.get(self.at..end) != Some(data) {
+            // Any error ends serialisation; `is_canonical` reads it as "no".
+            return Err(postcard::Error::SerializeBufferFull);
+        }
+        self.at = end;
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.try_extend(&[data])
+    }
+
+    fn finalize(self) -> postcard::Result<bool> {
+        Ok(self.at == self.expected.len())
+    }
+}
+
 /// The chain hash of an event given its canonical bytes.
 pub fn event_hash(prev: &Digest, canonical: &[u8]) -> Digest {
     let mut h = Sha256::new();
@@ -117,7 +160,7 @@ impl SealedEvent {
         let event: Event = crate::codec::decode_exact(&bytes)?;
         // Only the canonical encoding is accepted, so an event has exactly
         // one byte form and one hash.
-        if canonical_bytes(&event) != bytes {
+        if !is_canonical(&event, &bytes) {
             return Err(crate::codec::DecodeError::Malformed(
                 "event bytes are not in canonical form".into(),
             ));

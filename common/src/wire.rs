@@ -97,12 +97,17 @@ impl RefusalCode {
 
 /// Appends one frame holding `msg` to `out`.
 pub fn encode_frame<T: Serialize>(msg: &T, out: &mut Vec<u8>) {
-    // Serialising our own message types cannot fail.
-    let body = postcard::to_allocvec(msg).unwrap_or_default();
-    out.reserve(FRAME_HEADER_BYTES + body.len());
-    out.extend_from_slice(&((body.len() + 2) as u32).to_be_bytes());
+    // Serialising our own message types cannot fail. Sized first, then
+    // written once in place: batches are large, and growing a buffer by
+    // doubling copies them several times.
+    let size =
+        postcard::serialize_with_flavor(msg, postcard::ser_flavors::Size::default()).unwrap_or(0);
+    out.reserve(FRAME_HEADER_BYTES + size);
+    out.extend_from_slice(&((size + 2) as u32).to_be_bytes());
     out.extend_from_slice(&WIRE_VERSION.to_be_bytes());
-    out.extend_from_slice(&body);
+    let start = out.len();
+    *out = postcard::to_extend(msg, std::mem::take(out)).unwrap_or_default();
+    debug_assert_eq!(out.len() - start, size);
 }
 
 /// One frame holding `msg`.

@@ -235,6 +235,12 @@ fn agent_config(data: &Path, quic: u16) -> sx_agent::config::Config {
     let mut c = sx_agent::config::Config::default();
     c.agent.data_dir = data.to_path_buf();
     c.agent.aggregator = ([127, 0, 0, 1], quic).into();
+    if let Some(w) = env_u64("SX_BENCH_WINDOW") {
+        c.uplink.window_events = w;
+    }
+    if let Some(b) = env_u64("SX_BENCH_BATCH") {
+        c.uplink.batch_max_events = b as usize;
+    }
     c
 }
 
@@ -271,6 +277,8 @@ fn scenario(pki: &Pki, root: &Path, name: &str, agents: usize, events: u64) -> R
     let rt = tokio::runtime::Runtime::new()?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let start = Instant::now();
+    let agg_cpu0 = proc_cpu_ticks(pid);
+    let own_cpu0 = proc_cpu_ticks(std::process::id());
     let mut tasks = Vec::new();
     for dir in &dirs {
         let config = agent_config(dir, quic);
@@ -297,6 +305,10 @@ fn scenario(pki: &Pki, root: &Path, name: &str, agents: usize, events: u64) -> R
         std::thread::sleep(Duration::from_millis(20));
     }
     let elapsed = start.elapsed().as_secs_f64();
+    // CPU per event on each side (10 ms ticks), which the machine's load
+    // disturbs less than the wall-clock rate.
+    let agg_cpu = (proc_cpu_ticks(pid) - agg_cpu0) as f64 / 100.0;
+    let own_cpu = (proc_cpu_ticks(std::process::id()) - own_cpu0) as f64 / 100.0;
     peak = peak.max(proc_status(pid, "VmHWM:"));
     let _ = stop.send(true);
     for t in tasks {
@@ -306,6 +318,12 @@ fn scenario(pki: &Pki, root: &Path, name: &str, agents: usize, events: u64) -> R
     let _ = child.wait();
     // Only the events the agents had before they started count.
     let replayed = heads - 2 * agents as u64;
+    println!(
+        "  [{name}] CPU per event: aggregator {:.2} µs, agents {:.2} µs; {:.0}% of 2 cores busy with them over {elapsed:.2} s",
+        agg_cpu * 1e6 / replayed as f64,
+        own_cpu * 1e6 / replayed as f64,
+        (agg_cpu + own_cpu) / elapsed / 2.0 * 100.0
+    );
     Ok(Rate {
         events_per_s: replayed as f64 / elapsed,
         peak_rss_kib: peak,
@@ -383,4 +401,8 @@ fn idle(pki: &Pki, root: &Path, n: usize, window: Duration) -> Result<()> {
     let _ = child.kill();
     let _ = child.wait();
     Ok(())
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }

@@ -148,6 +148,31 @@ impl RedbJournal {
         Ok((out, head))
     }
 
+    /// Calls `f` with every held event from `from_seq` on, in order, decoded
+    /// from one read transaction without copying or hashing the stored
+    /// bytes: for folding the node's twin, which trusts its own journal
+    /// (`verify` checks the chain and checkpoints).
+    pub fn for_each_event(
+        &self,
+        from_seq: u64,
+        mut f: impl FnMut(&sx_common::Event),
+    ) -> Result<(), JournalError> {
+        let from_seq = from_seq.max(self.pruned.seq + 1);
+        if from_seq > self.head.seq {
+            return Ok(());
+        }
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(EVENTS_TABLE)?;
+        for row in table.range(from_seq..)? {
+            let (seq, bytes) = row?;
+            let seq = seq.value();
+            let event: sx_common::Event = sx_common::codec::decode_exact(bytes.value())
+                .map_err(|source| JournalError::Decode { seq, source })?;
+            f(&event);
+        }
+        Ok(())
+    }
+
     /// Creates the journal of `node_id` in the redb file at `path` (created
     /// if missing), recording the node id and `key`'s public key. Refuses a
     /// file that already holds a journal.

@@ -1,0 +1,288 @@
+//! The aggregator's ingest path stage by stage, in one process
+//! (`cargo bench -p sx-aggregator --bench ingest`), to see where an event's
+//! time goes: frame decode (postcard + canonical check + SHA-256), verify and
+//! commit through `RedbStore::append`, the projection follower's apply, and
+//! raw redb inserts of the same keys and values as the baseline, measured in
+//! the same run. Prints figures; asserts nothing. `SX_BENCH_EVENTS` sets the
+//! event count (default 300,000), in batches of 1,000 as agents send them.
+
+use ed25519_dalek::SigningKey;
+use std::time::{Duration, Instant};
+use sx_aggregator::projection::ProjectionEngine;
+use sx_aggregator::store::{EventStore, RedbStore, Submission};
+use sx_common::chain::ChainHead;
+use sx_common::chain::SealedEvent;
+use sx_common::event::OperationalTransition;
+use sx_common::event::SyncPath;
+use sx_common::model::OperationalState;
+use sx_common::wire::{self, AgentMessage};
+use sx_common::{EventPayload, Timestamp};
+
+const NODE: &str = "sx-rempart-2026-a1-node-00001";
+const BATCH: usize = 1_000;
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let total: usize = std::env::var("SX_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300_000);
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let start = Timestamp::now();
+    let events = sx_common::testing::seal_stream(
+        NODE,
+        ChainHead::default(),
+        (0..total).map(|i| {
+            (
+                Timestamp(start.0 + i as i64),
+                EventPayload::OperationalTransition(OperationalTransition {
+                    from: OperationalState::InService,
+                    to: OperationalState::InService,
+                    reason: Some(format!("bench-{i}")),
+                }),
+            )
+        }),
+    );
+    let batches = sx_common::testing::split_into_batches(&key, events, |i| (i + 1) % BATCH == 0);
+    let frames: Vec<Vec<u8>> = batches
+        .iter()
+        .map(|b| {
+            let body = wire::frame(&AgentMessage::Batch {
+                events: b.events.iter().map(|e| e.bytes.clone()).collect(),
+                checkpoint: b.checkpoint.clone(),
+            });
+            body[wire::FRAME_HEADER_BYTES..].to_vec()
+        })
+        .collect();
+    let bytes: usize = frames.iter().map(Vec::len).sum();
+    println!(
+        "ingest stages: {total} events in {} batches of {BATCH}, {:.0} bytes/event on the wire",
+        frames.len(),
+        bytes as f64 / total as f64
+    );
+    let tmp = tempfile::tempdir().expect("tempdir");
+
+    // Baseline: raw redb, same (node index, seq) keys and stored values.
+    let raw = {
+        const T: redb::TableDefinition<(u32, u64), &[u8]> = redb::TableDefinition::new("raw");
+        let db = redb::Database::create(tmp.path().join("raw.redb")).expect("raw db");
+        let t = Instant::now();
+        let mut value = Vec::new();
+        for b in &batches {
+            let txn = db.begin_write().expect("txn");
+            {
+                let mut table = txn.open_table(T).expect("table");
+                for e in &b.events {
+                    value.clear();
+                    value.extend_from_slice(&e.hash.0);
+                    value.extend_from_slice(&e.bytes);
+                    table
+                        .insert((0, e.event.seq), value.as_slice())
+                        .expect("insert");
+                }
+            }
+            txn.commit().expect("commit");
+        }
+        t.elapsed()
+    };
+    report("raw redb inserts (baseline), 1000/txn", total, raw, raw);
+    for (name, took) in raw_key_variants(tmp.path(), &batches) {
+        report(name, total, took, raw);
+    }
+
+    // 1a. The parts of the decode.
+    let t = Instant::now();
+    let mut parts = Vec::with_capacity(frames.len());
+    for f in &frames {
+        let msg: AgentMessage = wire::decode_body(f).expect("frame");
+        parts.push(msg);
+    }
+    report("1a. frame body -> Vec<Vec<u8>>", total, t.elapsed(), raw);
+    let t = Instant::now();
+    let mut evs = Vec::with_capacity(total);
+    for m in &parts {
+        let AgentMessage::Batch { events, .. } = m else {
+            panic!()
+        };
+        for b in events {
+            evs.push(sx_common::codec::decode_exact::<sx_common::Event>(b).expect("event"));
+        }
+    }
+    report("1b. event decode", total, t.elapsed(), raw);
+    let t = Instant::now();
+    let mut i = 0;
+    for m in &parts {
+        let AgentMessage::Batch { events, .. } = m else {
+            panic!()
+        };
+        for b in events {
+            assert!(sx_common::chain::is_canonical(&evs[i], b));
+            i += 1;
+        }
+    }
+    report("1c. canonical check", total, t.elapsed(), raw);
+    let t = Instant::now();
+    i = 0;
+    for m in &parts {
+        let AgentMessage::Batch { events, .. } = m else {
+            panic!()
+        };
+        for b in events {
+            std::hint::black_box(sx_common::chain::event_hash(&evs[i].prev_hash, b));
+            i += 1;
+        }
+    }
+    report("1d. hash", total, t.elapsed(), raw);
+    drop((parts, evs));
+
+    // 1. Frame body -> verified-hash SealedEvents, as a session does.
+    let t = Instant::now();
+    let mut decoded = Vec::with_capacity(frames.len());
+    for f in &frames {
+        let msg: AgentMessage = wire::decode_body(f).expect("frame");
+        let AgentMessage::Batch { events, checkpoint } = msg else {
+            panic!("not a batch")
+        };
+        let events: Vec<SealedEvent> = events
+            .into_iter()
+            .map(|b| SealedEvent::from_bytes(b).expect("event"))
+            .collect();
+        decoded.push((events, checkpoint));
+    }
+    report(
+        "1. frame decode + canonical check + hash",
+        total,
+        t.elapsed(),
+        raw,
+    );
+
+    // 2. Verify and commit, one submission per transaction.
+    let store = RedbStore::open(tmp.path().join("store.redb")).expect("store");
+    let now = Timestamp::now();
+    let subs: Vec<Submission> = decoded
+        .into_iter()
+        .map(|(events, checkpoint)| Submission {
+            node_id: NODE.into(),
+            key: key.verifying_key(),
+            cert_fingerprint: "bench".into(),
+            events,
+            checkpoint,
+            via: SyncPath::Quic,
+            received_at: now,
+        })
+        .collect();
+    let t = Instant::now();
+    for s in &subs {
+        let v = store.append(std::slice::from_ref(s)).expect("append");
+        assert!(v[0].is_ok(), "{:?}", v[0]);
+    }
+    report(
+        "2. RedbStore::append (verify + commit)",
+        total,
+        t.elapsed(),
+        raw,
+    );
+
+    // 3. The projection follower's apply of the committed batches.
+    let mut engine = ProjectionEngine::new();
+    let t = Instant::now();
+    for s in &subs {
+        std::hint::black_box(engine.apply(s.events.iter().map(|e| &e.event)));
+    }
+    report(
+        "3. ProjectionEngine::apply per batch",
+        total,
+        t.elapsed(),
+        raw,
+    );
+}
+
+fn report(what: &str, events: usize, took: Duration, raw: Duration) {
+    println!(
+        "  {what:<44} {:>9.0} events/s  {:>6.0} ns/event  ({:.2}x raw redb time)",
+        events as f64 / took.as_secs_f64(),
+        took.as_nanos() as f64 / events as f64,
+        took.as_secs_f64() / raw.as_secs_f64()
+    );
+}
+
+/// Raw redb with other key layouts for the same values.
+fn raw_key_variants(
+    dir: &std::path::Path,
+    batches: &[sx_common::testing::SignedBatch],
+) -> Vec<(&'static str, Duration)> {
+    const U64: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("u64");
+    const U128: redb::TableDefinition<u128, &[u8]> = redb::TableDefinition::new("u128");
+    let mut out = Vec::new();
+    let db = redb::Database::create(dir.join("raw-u64.redb")).expect("raw db");
+    let t = Instant::now();
+    let mut value = Vec::new();
+    for b in batches {
+        let txn = db.begin_write().expect("txn");
+        {
+            let mut table = txn.open_table(U64).expect("table");
+            for e in &b.events {
+                value.clear();
+                value.extend_from_slice(&e.hash.0);
+                value.extend_from_slice(&e.bytes);
+                table.insert(e.event.seq, value.as_slice()).expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+    }
+    out.push(("raw redb, u64 keys", t.elapsed()));
+    let db = redb::Database::create(dir.join("raw-u128.redb")).expect("raw db");
+    let t = Instant::now();
+    for b in batches {
+        let txn = db.begin_write().expect("txn");
+        {
+            let mut table = txn.open_table(U128).expect("table");
+            for e in &b.events {
+                value.clear();
+                value.extend_from_slice(&e.hash.0);
+                value.extend_from_slice(&e.bytes);
+                table
+                    .insert(u128::from(e.event.seq), value.as_slice())
+                    .expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+    }
+    out.push(("raw redb, u128 keys", t.elapsed()));
+    let db = redb::Database::create(dir.join("raw-big.redb")).expect("raw db");
+    let t = Instant::now();
+    for chunk in batches.chunks(8) {
+        let txn = db.begin_write().expect("txn");
+        {
+            let mut table = txn.open_table(U64).expect("table");
+            for e in chunk.iter().flat_map(|b| &b.events) {
+                value.clear();
+                value.extend_from_slice(&e.hash.0);
+                value.extend_from_slice(&e.bytes);
+                table.insert(e.event.seq, value.as_slice()).expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+    }
+    out.push(("raw redb, u64 keys, 8000/txn", t.elapsed()));
+    let db = redb::Database::create(dir.join("raw-nosync.redb")).expect("raw db");
+    let t = Instant::now();
+    for b in batches {
+        let mut txn = db.begin_write().expect("txn");
+        let _ = txn.set_durability(redb::Durability::None);
+        {
+            let mut table = txn.open_table(U64).expect("table");
+            for e in &b.events {
+                value.clear();
+                value.extend_from_slice(&e.hash.0);
+                value.extend_from_slice(&e.bytes);
+                table.insert(e.event.seq, value.as_slice()).expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+    }
+    out.push(("raw redb, u64 keys, 1000/txn, no fsync", t.elapsed()));
+    out
+}
