@@ -267,7 +267,7 @@ async fn twins(
                     .as_ref()
                     .is_none_or(|c| views::clusters_of(t).contains(c))
                 && state.is_none_or(|s| s == t.connectivity.state)
-                && severity.is_none_or(|s| s == v.drift.severity)
+                && severity.is_none_or(|s| s == v.summary.severity)
         });
         let mut total = 0usize;
         let mut rows = Vec::new();
@@ -284,8 +284,8 @@ async fn twins(
                     phase: t.lifecycle.phase,
                     actual_version: t.software.actual_version.clone(),
                     desired_version: t.software.desired_version.clone(),
-                    severity: v.drift.severity,
-                    drift_score: v.drift.drift_score,
+                    severity: v.summary.severity,
+                    drift_score: v.summary.drift_score,
                     last_seq: t.last_seq,
                     last_event_at: t.last_event_at,
                 });
@@ -325,9 +325,9 @@ async fn twin(
             .ok_or_else(|| unknown_node(&node))?;
         return Ok(Json(json!({ "as_of": at, "twin": twin })));
     }
-    let view = shared
+    let (view, drift) = shared
         .projections
-        .read(|e| e.node(&node).cloned())
+        .read(|e| e.node(&node).map(|v| (v.clone(), v.drift(e.desired()))))
         .ok_or_else(|| unknown_node(&node))?;
     let records = shared.store.node(&node).map_err(internal)?;
     let sync = records.map(|r| {
@@ -339,7 +339,7 @@ async fn twin(
     });
     Ok(Json(json!({
         "twin": view.twin,
-        "drift": view.drift,
+        "drift": drift,
         "sync": sync.flatten(),
     })))
 }
@@ -420,7 +420,7 @@ async fn node_drift(
 ) -> Result<Json<Value>, ApiError> {
     shared
         .projections
-        .read(|e| e.node(&node).map(|v| json!(v.drift)))
+        .read(|e| e.drift(&node).map(|d| json!(d)))
         .map(Json)
         .ok_or_else(|| unknown_node(&node))
 }

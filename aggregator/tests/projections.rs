@@ -276,8 +276,7 @@ fn the_seed_drift_analysis_comes_out_of_the_engine() -> Result<()> {
     assert_eq!(change.severity, Severity::Medium);
     assert_eq!(change.connectivity, ConnectivityState::Live);
 
-    let view = engine.node(NODE_42).context("node 42")?;
-    let d = &view.drift;
+    let d = &engine.drift(NODE_42).context("node 42")?;
     assert_eq!(d.node, NODE_42);
     assert_eq!(d.timestamp, Some(at("03:45")));
     let v = d.version_drift.as_ref().context("version drift")?;
@@ -317,9 +316,7 @@ fn the_seed_drift_analysis_comes_out_of_the_engine() -> Result<()> {
     let mut plain = seed_spec();
     plain.releases.clear();
     engine.apply_desired(&replace(2, plain));
-    let v = engine
-        .node(NODE_42)
-        .and_then(|n| n.drift.version_drift.clone());
+    let v = engine.drift(NODE_42).and_then(|d| d.version_drift);
     assert_eq!(
         v.map(|v| (v.severity, v.impact)),
         Some((Severity::Low, "patch_behind".into()))
@@ -375,9 +372,7 @@ async fn the_seed_drift_analysis_comes_out_of_the_store_path() -> Result<()> {
     })
     .await??;
     assert_eq!(change.node, NODE_42);
-    let drift = projections
-        .read(|e| e.node(NODE_42).map(|n| n.drift.clone()))
-        .context("node 42")?;
+    let drift = projections.read(|e| e.drift(NODE_42)).context("node 42")?;
     assert_eq!(serde_json::to_value(&drift)?, expected_drift_json());
 
     // Incremental equals rebuilt; a restart from the snapshot equals both.

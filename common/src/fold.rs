@@ -23,6 +23,16 @@ pub fn twin_from_events<'a>(events: impl IntoIterator<Item = &'a Event>) -> Digi
 
 /// Folds one event into the twin.
 pub fn apply(twin: &mut DigitalTwin, event: &Event) {
+    fold_event(twin, event);
+    derive(twin);
+}
+
+/// Folds one event into the twin without recomputing the derived fields
+/// (drift score, config drift, sync debt, stale_by): for a run of events,
+/// call [`derive`] once after the last. The derived fields are a function
+/// of the others alone, and folding never reads them, so the run yields
+/// the twin [`apply`] would, event after event.
+pub fn fold_event(twin: &mut DigitalTwin, event: &Event) {
     use EventPayload as P;
     let at = event.timestamp;
     twin.identity.immutable_id.clone_from(&event.node_id);
@@ -200,12 +210,11 @@ pub fn apply(twin: &mut DigitalTwin, event: &Event) {
         twin.first_event_at = Some(at);
     }
     twin.last_event_at = Some(at);
-    derive(twin);
 }
 
 /// Recomputes the fields that follow from the others: drift score, config
 /// drift, sync debt and stale_by, all relative to the latest event.
-fn derive(twin: &mut DigitalTwin) {
+pub fn derive(twin: &mut DigitalTwin) {
     let sw = &mut twin.software;
     sw.drift_score = if sw.desired_version.is_empty() || sw.actual_version.is_empty() {
         0

@@ -114,74 +114,39 @@ pub fn analyze_against(
     desired: &DesiredStateLearned,
     spec: &DesiredSpec,
 ) -> DriftAnalysis {
-    let component = twin.identity.component_type.clone();
+    let component = &twin.identity.component_type;
     let mut score = 0u32;
-    let version_drift = desired.software_version.as_ref().and_then(|want| {
-        let actual = strip_component(&twin.software.actual_version);
-        if actual.is_empty() {
-            return None;
-        }
-        let want = strip_component(want);
-        let d = distance(want, actual);
-        if d == Distance::Same {
-            return None;
-        }
-        score = score.saturating_add(d.score());
-        let behind = sx_common::version::compare(actual, want) == std::cmp::Ordering::Less;
-        let security = behind && spec.misses_security_fix(&component, want, actual);
-        let (severity, impact) = match d {
-            _ if !behind && d != Distance::Unknown => (Severity::Low, "ahead_of_desired"),
-            Distance::Major(_) if security => (Severity::Critical, "missing_security_patch"),
-            Distance::Major(_) => (Severity::High, "major_version_behind"),
-            _ if security => (Severity::Medium, "missing_security_patch"),
-            Distance::Minor(_) => (Severity::Medium, "minor_version_behind"),
-            Distance::Patch(_) => (Severity::Low, "patch_behind"),
-            _ => (Severity::Low, "unknown_version"),
-        };
-        Some(VersionDriftReport {
+    let version_drift = version_finding(twin, desired, spec).map(|v| {
+        score = score.saturating_add(v.score);
+        VersionDriftReport {
             component: component.clone(),
-            desired: want.to_owned(),
-            actual: actual.to_owned(),
-            severity,
-            impact: impact.to_owned(),
-        })
+            desired: v.desired.to_owned(),
+            actual: v.actual.to_owned(),
+            severity: v.severity,
+            impact: v.impact.to_owned(),
+        }
     });
-    let latest = twin.last_event_at.unwrap_or_default();
     let details = sx_common::fold::config_drift(&desired.config, &twin.state.actual);
     let config_drift = (!details.is_empty()).then(|| {
-        let last_sync = twin.state.last_applied;
-        let stale_by = last_sync.map_or(Span::ZERO, |t| latest.since(t));
+        let (last_sync, stale_by, severity) = config_staleness(twin);
         score = score.saturating_add(details.len() as u32);
         ConfigDriftReport {
             objects: details.len(),
             last_sync,
             stale_by,
-            severity: if stale_by >= Span::from_secs(24 * 3_600) {
-                Severity::High
-            } else {
-                Severity::Medium
-            },
+            severity,
             details,
         }
     });
-    let policy_drift = desired.policy_version.as_ref().and_then(|want| {
-        let actual = &twin.policy.actual_policy;
-        if actual.is_empty() || actual == want {
-            return None;
-        }
+    let policy_drift = policy_finding(twin, desired).map(|(want, severity)| {
         score = score.saturating_add(1);
-        let compliance = twin.policy.compliance_score;
-        Some(PolicyDriftReport {
-            policy_version: want.clone(),
-            actual_version: actual.clone(),
-            compliance_score: compliance,
+        PolicyDriftReport {
+            policy_version: want.to_owned(),
+            actual_version: twin.policy.actual_policy.clone(),
+            compliance_score: twin.policy.compliance_score,
             violations: 1,
-            severity: if compliance < 0.8 {
-                Severity::High
-            } else {
-                Severity::Medium
-            },
-        })
+            severity,
+        }
     });
     let severity = [
         version_drift.as_ref().map(|v| v.severity),
@@ -203,6 +168,124 @@ pub fn analyze_against(
     }
 }
 
+/// The [`DriftSummary`] of [`analyze_against`], without building the
+/// reports (no allocation): what the engine keeps per node after each
+/// apply. Equal to `DriftSummary::of(&analyze_against(..), twin)`.
+pub fn summarize_against(
+    twin: &DigitalTwin,
+    desired: &DesiredStateLearned,
+    spec: &DesiredSpec,
+) -> DriftSummary {
+    let mut score = 0u32;
+    let mut severity = Severity::None;
+    if let Some(v) = version_finding(twin, desired, spec) {
+        score = score.saturating_add(v.score);
+        severity = severity.max(v.severity);
+    }
+    let actual = &twin.state.actual;
+    let objects = desired
+        .config
+        .iter()
+        .filter(|(field, want)| actual.get(*field) != Some(*want))
+        .count();
+    let mut stale_by = twin.policy.stale_by;
+    if objects > 0 {
+        let (_, config_stale_by, config_severity) = config_staleness(twin);
+        score = score.saturating_add(objects as u32);
+        severity = severity.max(config_severity);
+        stale_by = stale_by.max(config_stale_by);
+    }
+    if let Some((_, policy_severity)) = policy_finding(twin, desired) {
+        score = score.saturating_add(1);
+        severity = severity.max(policy_severity);
+    }
+    DriftSummary {
+        severity,
+        drift_score: score,
+        compliance_score: compliance_of(twin),
+        stale_by,
+    }
+}
+
+/// A version out of line with the desired one.
+struct VersionFinding<'a> {
+    desired: &'a str,
+    actual: &'a str,
+    score: u32,
+    severity: Severity,
+    impact: &'static str,
+}
+
+fn version_finding<'a>(
+    twin: &'a DigitalTwin,
+    desired: &'a DesiredStateLearned,
+    spec: &DesiredSpec,
+) -> Option<VersionFinding<'a>> {
+    let want = desired.software_version.as_ref()?;
+    let actual = strip_component(&twin.software.actual_version);
+    if actual.is_empty() {
+        return None;
+    }
+    let want = strip_component(want);
+    let d = distance(want, actual);
+    if d == Distance::Same {
+        return None;
+    }
+    let behind = sx_common::version::compare(actual, want) == std::cmp::Ordering::Less;
+    let security = behind && spec.misses_security_fix(&twin.identity.component_type, want, actual);
+    let (severity, impact) = match d {
+        _ if !behind && d != Distance::Unknown => (Severity::Low, "ahead_of_desired"),
+        Distance::Major(_) if security => (Severity::Critical, "missing_security_patch"),
+        Distance::Major(_) => (Severity::High, "major_version_behind"),
+        _ if security => (Severity::Medium, "missing_security_patch"),
+        Distance::Minor(_) => (Severity::Medium, "minor_version_behind"),
+        Distance::Patch(_) => (Severity::Low, "patch_behind"),
+        _ => (Severity::Low, "unknown_version"),
+    };
+    Some(VersionFinding {
+        desired: want,
+        actual,
+        score: d.score(),
+        severity,
+        impact,
+    })
+}
+
+/// Last sync, staleness and severity of drifted configuration.
+fn config_staleness(twin: &DigitalTwin) -> (Option<Timestamp>, Span, Severity) {
+    let latest = twin.last_event_at.unwrap_or_default();
+    let last_sync = twin.state.last_applied;
+    let stale_by = last_sync.map_or(Span::ZERO, |t| latest.since(t));
+    let severity = if stale_by >= Span::from_secs(24 * 3_600) {
+        Severity::High
+    } else {
+        Severity::Medium
+    };
+    (last_sync, stale_by, severity)
+}
+
+/// The desired policy and the severity, when the node runs another one.
+fn policy_finding<'a>(
+    twin: &DigitalTwin,
+    desired: &'a DesiredStateLearned,
+) -> Option<(&'a str, Severity)> {
+    let want = desired.policy_version.as_ref()?;
+    let actual = &twin.policy.actual_policy;
+    if actual.is_empty() || actual == want {
+        return None;
+    }
+    let severity = if twin.policy.compliance_score < 0.8 {
+        Severity::High
+    } else {
+        Severity::Medium
+    };
+    Some((want, severity))
+}
+
+fn compliance_of(twin: &DigitalTwin) -> Option<f64> {
+    (!twin.policy.actual_policy.is_empty()).then_some(twin.policy.compliance_score)
+}
+
 /// The per-node numbers drift aggregation needs (small, kept per node).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DriftSummary {
@@ -217,8 +300,7 @@ impl DriftSummary {
         DriftSummary {
             severity: analysis.severity,
             drift_score: analysis.drift_score,
-            compliance_score: (!twin.policy.actual_policy.is_empty())
-                .then_some(twin.policy.compliance_score),
+            compliance_score: compliance_of(twin),
             stale_by: analysis
                 .config_drift
                 .as_ref()
@@ -259,6 +341,47 @@ const FIXED_POINT: f64 = 18_446_744_073_709_551_616.0;
 /// Compliance scores beyond ±2^40 (nonsense: a score is in [0, 1]) are
 /// summed as ±2^40.
 const COMPLIANCE_LIMIT: f64 = 1_099_511_627_776.0;
+
+/// A [`DriftSummary`] as [`DriftGroups`] adds it: the compliance score
+/// already converted to its fixed-point term.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DriftMember {
+    /// In units of 2^-64; zero without a compliance score.
+    compliance_term: i128,
+    compliance: f64,
+    stale_by: Span,
+    drift_score: u32,
+    severity: Severity,
+    has_compliance: bool,
+}
+
+impl DriftMember {
+    pub fn of(s: &DriftSummary) -> Self {
+        let has = s.compliance_score.is_some();
+        let c = s.compliance_score.unwrap_or(0.0);
+        // Exact for scores in [2^-11, 2^40]; others are clamped, NaN
+        // counts as 0 (`as`): deterministic for any input. With terms of at
+        // most 2^104, no sum of fewer than 2^23 members overflows.
+        let term = (c.clamp(-COMPLIANCE_LIMIT, COMPLIANCE_LIMIT) * FIXED_POINT) as i128;
+        DriftMember {
+            compliance_term: if has { term } else { 0 },
+            compliance: c,
+            stale_by: s.stale_by,
+            drift_score: s.drift_score,
+            severity: s.severity,
+            has_compliance: has,
+        }
+    }
+
+    pub fn summary(&self) -> DriftSummary {
+        DriftSummary {
+            severity: self.severity,
+            drift_score: self.drift_score,
+            compliance_score: self.has_compliance.then_some(self.compliance),
+            stale_by: self.stale_by,
+        }
+    }
+}
 
 /// [`aggregate`] for many groups at once, one member at a time, so a view
 /// feeds every group in a single pass over the fleet. Members are
@@ -302,22 +425,24 @@ impl<K: Ord + Copy> DriftGroups<K> {
     /// Adds a member to group `g` (which must be below `groups`).
     #[inline]
     pub fn add(&mut self, g: usize, node: K, s: &DriftSummary) {
+        self.add_member(g, node, &DriftMember::of(s));
+    }
+
+    /// [`add`](Self::add) for a summary already in member form (what the
+    /// fleet table keeps per node, so a view converts nothing per node).
+    #[inline]
+    pub fn add_member(&mut self, g: usize, node: K, m: &DriftMember) {
         // Few branches: views call this for every node of the fleet.
-        self.by_severity[g][s.severity as usize] += 1;
-        self.buckets[g][bucket(s.drift_score)] += 1;
-        let has = s.compliance_score.is_some();
-        let c = s.compliance_score.unwrap_or(0.0);
-        // Exact for scores in [2^-11, 2^40]; others are clamped, NaN
-        // counts as 0 (`as`): deterministic for any input. With terms of at
-        // most 2^104, no sum of fewer than 2^23 members overflows.
-        let term = (c.clamp(-COMPLIANCE_LIMIT, COMPLIANCE_LIMIT) * FIXED_POINT) as i128;
-        self.compliance_sum[g] += if has { term } else { 0 };
-        self.compliance_count[g] += u32::from(has);
-        if has {
-            self.compliance_min[g] = Some(self.compliance_min[g].map_or(c, |m: f64| m.min(c)));
+        self.by_severity[g][m.severity as usize] += 1;
+        self.buckets[g][bucket(m.drift_score)] += 1;
+        self.compliance_sum[g] += m.compliance_term;
+        self.compliance_count[g] += u32::from(m.has_compliance);
+        if m.has_compliance {
+            let c = m.compliance;
+            self.compliance_min[g] = Some(self.compliance_min[g].map_or(c, |min: f64| min.min(c)));
         }
-        self.stale_by_max[g] = self.stale_by_max[g].max(s.stale_by);
-        let score = s.drift_score;
+        self.stale_by_max[g] = self.stale_by_max[g].max(m.stale_by);
+        let score = m.drift_score;
         let ranks_before = |w: &(K, u32)| w.1 > score || (w.1 == score && w.0 < node);
         if score > 0 && self.floor[g].is_none_or(|w| !ranks_before(&w)) {
             let worst = &mut self.worst[g];

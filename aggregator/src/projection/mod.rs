@@ -2,47 +2,48 @@
 //! instead of raw events (the seed's "State Projection Engine").
 //!
 //! [`ProjectionEngine`] is pure: events and the desired state in, views out;
-//! no store, no clock. Per node it keeps the twin (current state), the drift
-//! analysis and its summary, each remembering the last seq applied, so the
-//! engine updates incrementally after each commit and a rebuild from the
-//! store yields the same engine (invariant 4 of DESIGN.md). Group views
-//! (drift, connectivity, lifecycle per cluster/zone/fleet) are computed on
-//! query in one pass over a compact row per node ([`rows`]) kept beside
-//! each view; the fleet graph ([`graph`]) is kept up to date with the
-//! twins.
+//! no store, no clock. Per node it keeps the twin (current state), its
+//! drift summary (the full analysis is computed on request), the recent
+//! connectivity ledger ([`recent_ledger`], kept encoded) and the trust
+//! history, remembering the last seq applied, so the engine updates
+//! incrementally after each commit and a rebuild from the store yields the
+//! same engine (invariant 4 of DESIGN.md). A committed run of events costs
+//! one summary, row and graph update, however long. Group views (drift,
+//! connectivity, lifecycle per cluster/zone/fleet) are computed on query in
+//! one pass over a compact row per node ([`rows`]) kept beside each view;
+//! the fleet graph ([`graph`]) is kept up to date with the twins.
 //!
 //! [`service`] is the driver: it feeds the engine after each commit,
 //! snapshots it, and streams updates to subscribers.
 
 pub mod drift;
 pub mod graph;
+pub mod recent_ledger;
 mod rows;
 pub mod service;
 pub mod trust;
 pub mod views;
 
 use drift::{DriftAnalysis, DriftSummary};
+pub use recent_ledger::{LEDGER_IN_MEMORY, RecentLedger};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use sx_common::desired::{DesiredChange, DesiredSpec};
-use sx_common::event::Event;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock};
+use sx_common::desired::{DesiredChange, DesiredSpec, NodePlace};
+use sx_common::event::{DesiredStateLearned, Event};
 use sx_common::fold;
 use sx_common::ledger::{ConnectivityLedger, LedgerEntry};
 use sx_common::model::{ConnectivityState, DigitalTwin, LifecyclePhase};
 
-/// How many ledger rows a node keeps in memory (older ones stay in the
-/// event store and are served from there). Each row costs ~90 bytes per
-/// twin; eight keep a fleet of 100,000 within ~70 MB for them.
-pub const LEDGER_IN_MEMORY: usize = 8;
-
-/// Everything the engine holds for one node.
+/// Everything the engine holds for one node. The full drift analysis is
+/// not kept: [`ProjectionEngine::drift`] computes it on request from the
+/// twin; the engine keeps its summary, current after every apply.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeView {
     pub twin: DigitalTwin,
-    pub drift: DriftAnalysis,
     pub summary: DriftSummary,
     /// The most recent connectivity transitions, oldest first.
-    pub recent_ledger: Vec<LedgerEntry>,
+    pub recent_ledger: RecentLedger,
     /// Certificate rotations and attestation outcomes (for the trust index).
     #[serde(default)]
     pub trust: trust::TrustHistory,
@@ -52,6 +53,13 @@ impl NodeView {
     /// Seq of the last event applied.
     pub fn last_seq(&self) -> u64 {
         self.twin.last_seq
+    }
+
+    /// The node's drift analysis against `desired` (the engine's
+    /// [`desired`](ProjectionEngine::desired) state, for the analysis the
+    /// engine's summary stands for).
+    pub fn drift(&self, desired: &DesiredSpec) -> DriftAnalysis {
+        drift::analyze(&self.twin, desired)
     }
 }
 
@@ -66,92 +74,52 @@ pub struct NodeChange {
     pub event_types: Vec<String>,
 }
 
-/// A node's view (boxed: it is large, and map nodes hold eleven entries
-/// inline) and the index of its row in the fleet table.
+/// A node's view (boxed: it is large, and the entries are moved as the
+/// vector grows) and the desired state resolved for its place, shared
+/// with every node resolving to the same (`None`: to resolve on the next
+/// apply).
 #[derive(Clone, Debug)]
 struct NodeEntry {
     view: Box<NodeView>,
-    row: u32,
+    desired: Option<Arc<DesiredStateLearned>>,
 }
 
-/// The row index of an entry not yet in the fleet table.
-const NO_ROW: u32 = u32::MAX;
+/// What a snapshot starts with: an engine snapshot of this layout (older
+/// layouts are refused, and the engine rebuilt from the store).
+const SNAPSHOT_FORMAT: [u8; 8] = *b"sxproj\x00\x02";
 
-impl Default for NodeEntry {
-    fn default() -> Self {
-        NodeEntry {
-            view: Box::default(),
-            row: NO_ROW,
-        }
-    }
-}
-
-/// Snapshots hold the views alone (`node id -> NodeView`); rows are derived.
-mod entries {
-    use super::{NodeEntry, NodeView};
-    use serde::de::{MapAccess, Visitor};
-    use serde::{Deserializer, Serializer};
-    use std::collections::BTreeMap;
-
-    pub fn serialize<S: Serializer>(
-        nodes: &BTreeMap<String, NodeEntry>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(nodes.iter().map(|(k, e)| (k, &*e.view)))
-    }
-
-    /// Boxes each view as it is decoded (no intermediate map of large
-    /// inline views).
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<BTreeMap<String, NodeEntry>, D::Error> {
-        struct Entries;
-        impl<'de> Visitor<'de> for Entries {
-            type Value = BTreeMap<String, NodeEntry>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a map of node ids to node views")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out = BTreeMap::new();
-                while let Some((node, view)) = map.next_entry::<String, NodeView>()? {
-                    let entry = NodeEntry {
-                        view: Box::new(view),
-                        row: super::NO_ROW,
-                    };
-                    out.insert(node, entry);
-                }
-                Ok(out)
-            }
-        }
-        deserializer.deserialize_map(Entries)
-    }
-}
-
-/// The engine. `BTreeMap` keeps node order stable for listings.
+/// The engine.
+///
+/// Nodes are kept by row (the order they first appeared, the row of the
+/// fleet table), found through a hash index; listings come in node id
+/// order, computed on first use after a node was added.
 ///
 /// Equality is semantic: the same views, desired state, graph and rows
 /// (rows and graph compared by content, not by interned ids or indices).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default)]
 pub struct ProjectionEngine {
-    #[serde(with = "entries")]
-    nodes: BTreeMap<String, NodeEntry>,
+    /// By row.
+    nodes: Vec<NodeEntry>,
+    /// Node id to row; the ids are shared with the graph and the table.
+    index: HashMap<Arc<str>, u32>,
     desired: DesiredSpec,
     /// Seq of the last desired-state change applied.
     desired_seq: u64,
+    /// Desired states resolved for nodes, by their encoding: nodes in the
+    /// same place share one.
+    resolved: HashMap<Vec<u8>, Arc<DesiredStateLearned>>,
     /// The fleet graph of the twins above, updated with them. Derived data:
     /// not in snapshots (petgraph indices depend on insertion order), rebuilt
     /// by [`from_snapshot`](Self::from_snapshot); compared semantically.
-    #[serde(skip)]
     graph: graph::FleetGraph,
     /// One compact row per node for the group views, and the aggregator's
     /// own observations; derived like the graph (observations are not
     /// derived from events at all: never snapshotted, never compared).
-    #[serde(skip)]
     table: rows::FleetTable,
-    /// Per row, the rank of its node id among all node ids; computed on
-    /// first use after a node was added.
-    #[serde(skip)]
-    ranks: std::sync::OnceLock<Vec<u32>>,
+    /// Rows in node id order.
+    order: OnceLock<Vec<u32>>,
+    /// Per row, the rank of its node id among all node ids.
+    ranks: OnceLock<Vec<u32>>,
 }
 
 impl PartialEq for ProjectionEngine {
@@ -159,17 +127,31 @@ impl PartialEq for ProjectionEngine {
         self.desired_seq == other.desired_seq
             && self.desired == other.desired
             && self.nodes.len() == other.nodes.len()
-            && self
-                .nodes
-                .iter()
-                .zip(&other.nodes)
-                .all(|((ka, a), (kb, b))| {
-                    ka == kb
-                        && a.view == b.view
-                        && self.table.resolved(a.row) == other.table.resolved(b.row)
-                })
+            && self.order().iter().zip(other.order()).all(|(a, b)| {
+                let (va, vb) = (
+                    &self.nodes[*a as usize].view,
+                    &other.nodes[*b as usize].view,
+                );
+                self.table.node(*a) == other.table.node(*b)
+                    && va == vb
+                    && self.table.resolved(*a) == other.table.resolved(*b)
+            })
             && self.graph == other.graph
     }
+}
+
+/// Resolves the desired state of a twin's place, shared through `resolved`.
+fn resolve(
+    resolved: &mut HashMap<Vec<u8>, Arc<DesiredStateLearned>>,
+    spec: &DesiredSpec,
+    twin: &DigitalTwin,
+) -> Arc<DesiredStateLearned> {
+    let desired = spec.resolve(&NodePlace::of(twin));
+    let key = postcard::to_allocvec(&desired).unwrap_or_default();
+    resolved
+        .entry(key)
+        .or_insert_with(|| Arc::new(desired))
+        .clone()
 }
 
 impl ProjectionEngine {
@@ -181,20 +163,27 @@ impl ProjectionEngine {
     /// node's last applied seq are skipped (already applied); a gap stops
     /// the apply (the caller reads the missing events first). Returns the
     /// change, if any event was applied.
+    ///
+    /// A run costs one update of the node's summary, row and graph vertex
+    /// whatever its length: only the fold itself is per event.
     pub fn apply<'a>(&mut self, events: impl IntoIterator<Item = &'a Event>) -> Option<NodeChange> {
         let mut events = events.into_iter().peekable();
         let first: &'a Event = events.peek()?;
         let node = first.node_id.as_str();
         // Only a stream's first event creates a node: a batch that starts
         // past a gap must not leave an empty view behind.
-        let entry = match self.nodes.get_mut(node) {
-            Some(entry) => entry,
-            None if first.seq == 1 => self.nodes.entry(node.to_owned()).or_default(),
-            None => return None,
+        let existing = self.index.get(node).copied();
+        if existing.is_none() && first.seq != 1 {
+            return None;
+        }
+        let mut fresh: Option<Box<NodeView>> = None;
+        let view: &mut NodeView = match existing {
+            Some(row) => &mut self.nodes[row as usize].view,
+            None => fresh.insert(Box::default()),
         };
-        let view = &mut *entry.view;
-        let mut change: Option<NodeChange> = None;
-        let mut placement_changed = entry.row == NO_ROW;
+        let mut placement = existing.is_none();
+        let mut ledger: Vec<LedgerEntry> = Vec::new();
+        let mut types: Vec<&'static str> = Vec::new();
         for event in events {
             if event.node_id != node {
                 break;
@@ -205,47 +194,63 @@ impl ProjectionEngine {
             if event.seq != view.last_seq() + 1 {
                 break;
             }
-            fold::apply(&mut view.twin, event);
+            fold::fold_event(&mut view.twin, event);
             view.trust.apply(event);
-            placement_changed |= graph::changes_placement(&event.payload);
+            placement |= graph::changes_placement(&event.payload);
             if let Some(entry) = LedgerEntry::from_event(event) {
-                if view.recent_ledger.len() >= LEDGER_IN_MEMORY {
-                    view.recent_ledger.remove(0);
-                }
-                view.recent_ledger.push(entry);
+                ledger.push(entry);
             }
-            let c = change.get_or_insert_with(|| NodeChange {
-                node: node.to_owned(),
-                seq: 0,
-                connectivity: ConnectivityState::Disconnected,
-                phase: LifecyclePhase::Provisioning,
-                severity: drift::Severity::None,
-                event_types: Vec::new(),
-            });
-            c.seq = event.seq;
             let t = event.event_type();
-            if !c.event_types.iter().any(|x| x == t) {
-                c.event_types.push(t.to_owned());
+            if !types.iter().any(|x| std::ptr::eq(*x, t)) {
+                types.push(t);
             }
         }
-        let mut c = change?;
+        if types.is_empty() {
+            return None;
+        }
+        fold::derive(&mut view.twin);
+        view.recent_ledger.extend(ledger);
         // The lineage grows by push; keep no spare capacity per twin.
         view.twin.trust.sbom_lineage.shrink_to_fit();
-        view.drift = drift::analyze(&view.twin, &self.desired);
-        view.summary = DriftSummary::of(&view.drift, &view.twin);
-        if placement_changed {
+        if placement {
             self.graph.update_node(node, &view.twin);
         }
-        if entry.row == NO_ROW {
-            let id = self.graph.shared_id(node).unwrap_or_else(|| node.into());
-            entry.row = self.table.add(id);
-            self.ranks = std::sync::OnceLock::new();
-        }
-        self.table.update(entry.row, view);
-        c.connectivity = view.twin.connectivity.state;
-        c.phase = view.twin.lifecycle.phase;
-        c.severity = view.drift.severity;
-        Some(c)
+        let row = match existing {
+            Some(row) => row,
+            None => {
+                let row = self.nodes.len() as u32;
+                let id = self.graph.shared_id(node).unwrap_or_else(|| node.into());
+                self.index.insert(id.clone(), row);
+                self.table.add(id);
+                self.nodes.push(NodeEntry {
+                    view: fresh.take().unwrap_or_default(),
+                    desired: None,
+                });
+                self.order = OnceLock::new();
+                self.ranks = OnceLock::new();
+                row
+            }
+        };
+        let entry = &mut self.nodes[row as usize];
+        let view = &mut *entry.view;
+        let desired = match &entry.desired {
+            Some(d) if !placement => d.clone(),
+            _ => {
+                let d = resolve(&mut self.resolved, &self.desired, &view.twin);
+                entry.desired = Some(d.clone());
+                d
+            }
+        };
+        view.summary = drift::summarize_against(&view.twin, &desired, &self.desired);
+        self.table.update(row, view, placement);
+        Some(NodeChange {
+            node: node.to_owned(),
+            seq: view.twin.last_seq,
+            connectivity: view.twin.connectivity.state,
+            phase: view.twin.lifecycle.phase,
+            severity: view.summary.severity,
+            event_types: types.into_iter().map(str::to_owned).collect(),
+        })
     }
 
     /// Applies a desired-state change and re-analyses every node.
@@ -255,11 +260,13 @@ impl ProjectionEngine {
         }
         self.desired.apply(&change.change);
         self.desired_seq = change.seq;
-        for entry in self.nodes.values_mut() {
+        self.resolved.clear();
+        for (row, entry) in self.nodes.iter_mut().enumerate() {
             let view = &mut *entry.view;
-            view.drift = drift::analyze(&view.twin, &self.desired);
-            view.summary = DriftSummary::of(&view.drift, &view.twin);
-            self.table.update(entry.row, view);
+            let desired = resolve(&mut self.resolved, &self.desired, &view.twin);
+            view.summary = drift::summarize_against(&view.twin, &desired, &self.desired);
+            entry.desired = Some(desired);
+            self.table.update(row as u32, view, false);
         }
     }
 
@@ -277,11 +284,28 @@ impl ProjectionEngine {
     }
 
     pub fn node(&self, node: &str) -> Option<&NodeView> {
-        self.nodes.get(node).map(|e| &*e.view)
+        let row = *self.index.get(node)?;
+        Some(&self.nodes[row as usize].view)
     }
 
+    /// A node's drift analysis against the engine's desired state (its
+    /// summary is in the node's view).
+    pub fn drift(&self, node: &str) -> Option<DriftAnalysis> {
+        Some(self.node(node)?.drift(&self.desired))
+    }
+
+    /// Every node, in node id order.
     pub fn nodes(&self) -> impl Iterator<Item = (&String, &NodeView)> {
-        self.nodes.iter().map(|(k, e)| (k, &*e.view))
+        self.order().iter().map(|row| {
+            let view = &*self.nodes[*row as usize].view;
+            // The twin's id is the node's: every event folded in names it.
+            (&view.twin.identity.immutable_id, view)
+        })
+    }
+
+    /// The view of a row of the fleet table.
+    pub(crate) fn view_at(&self, row: u32) -> Option<&NodeView> {
+        self.nodes.get(row as usize).map(|e| &*e.view)
     }
 
     /// The fleet table the group views scan.
@@ -289,14 +313,21 @@ impl ProjectionEngine {
         &self.table
     }
 
+    /// Rows in node id order.
+    fn order(&self) -> &[u32] {
+        self.order.get_or_init(|| {
+            let mut order: Vec<u32> = (0..self.nodes.len() as u32).collect();
+            order.sort_unstable_by(|a, b| self.table.node(*a).cmp(self.table.node(*b)));
+            order
+        })
+    }
+
     /// Per row of the fleet table, the rank of its node id in id order.
     pub(crate) fn ranks(&self) -> &[u32] {
         self.ranks.get_or_init(|| {
-            let mut ranks = vec![0; self.table.len()];
-            for (rank, entry) in self.nodes.values().enumerate() {
-                if let Some(r) = ranks.get_mut(entry.row as usize) {
-                    *r = rank as u32;
-                }
+            let mut ranks = vec![0; self.nodes.len()];
+            for (rank, row) in self.order().iter().enumerate() {
+                ranks[*row as usize] = rank as u32;
             }
             ranks
         })
@@ -304,7 +335,7 @@ impl ProjectionEngine {
 
     /// Every node's row index, in node id order.
     pub(crate) fn rows_by_node(&self) -> impl Iterator<Item = (&str, u32)> {
-        self.nodes.iter().map(|(k, e)| (k.as_str(), e.row))
+        self.order().iter().map(|row| (self.table.node(*row), *row))
     }
 
     /// Records the aggregator's own observation of a node's sync (last
@@ -312,14 +343,14 @@ impl ProjectionEngine {
     /// Not an event: kept apart from the twin, never snapshotted, never part
     /// of equality. Ignored for a node the engine does not hold.
     pub fn observe(&mut self, node: &str, observed: views::Observed) {
-        if let Some(e) = self.nodes.get(node) {
-            self.table.observe(e.row, observed);
+        if let Some(row) = self.index.get(node) {
+            self.table.observe(*row, observed);
         }
     }
 
     /// The last observation recorded with [`observe`](Self::observe).
     pub fn observed(&self, node: &str) -> Option<&views::Observed> {
-        self.table.observed(self.nodes.get(node)?.row)
+        self.table.observed(*self.index.get(node)?)
     }
 
     pub fn len(&self) -> usize {
@@ -332,17 +363,16 @@ impl ProjectionEngine {
 
     /// The last seq applied per node (what a snapshot covers).
     pub fn positions(&self) -> BTreeMap<String, u64> {
-        self.nodes
-            .iter()
-            .map(|(k, e)| (k.clone(), e.view.last_seq()))
+        self.nodes()
+            .map(|(k, v)| (k.clone(), v.last_seq()))
             .collect()
     }
 
     /// The connectivity ledger rows held in memory for a node.
     pub fn recent_ledger(&self, node: &str) -> Option<ConnectivityLedger> {
-        self.nodes.get(node).map(|e| ConnectivityLedger {
+        self.node(node).map(|v| ConnectivityLedger {
             node: node.to_owned(),
-            history: e.view.recent_ledger.clone(),
+            history: v.recent_ledger.entries(),
         })
     }
 
@@ -353,21 +383,120 @@ impl ProjectionEngine {
 
     /// Decodes a snapshot written by [`to_snapshot`](Self::to_snapshot).
     pub fn from_snapshot(bytes: &[u8]) -> Result<Self, sx_common::codec::DecodeError> {
-        let mut engine: Self = sx_common::codec::decode_versioned(bytes, usize::MAX)?;
-        engine.graph = graph::FleetGraph::from_twins(
-            engine
-                .nodes
-                .iter()
-                .map(|(id, e)| (id.as_str(), &e.view.twin)),
-        );
-        for (node, entry) in &mut engine.nodes {
+        sx_common::codec::decode_versioned(bytes, usize::MAX)
+    }
+
+    /// The engine of decoded views (node id order), desired state and its
+    /// seq; derived data rebuilt. `None` if a node appears twice or a
+    /// view's twin names another node.
+    fn from_parts(
+        views: Vec<(String, Box<NodeView>)>,
+        desired: DesiredSpec,
+        desired_seq: u64,
+    ) -> Option<Self> {
+        let mut engine = ProjectionEngine {
+            desired,
+            desired_seq,
+            ..Self::default()
+        };
+        engine.graph =
+            graph::FleetGraph::from_twins(views.iter().map(|(id, v)| (id.as_str(), &v.twin)));
+        for (node, view) in views {
+            if view.twin.identity.immutable_id != node || engine.index.contains_key(&*node) {
+                return None;
+            }
+            let row = engine.nodes.len() as u32;
             let id = engine
                 .graph
-                .shared_id(node)
+                .shared_id(&node)
                 .unwrap_or_else(|| node.as_str().into());
-            entry.row = engine.table.add(id);
-            engine.table.update(entry.row, &entry.view);
+            engine.index.insert(id.clone(), row);
+            engine.table.add(id);
+            engine.table.update(row, &view, true);
+            engine.nodes.push(NodeEntry {
+                view,
+                desired: None,
+            });
         }
-        Ok(engine)
+        Some(engine)
+    }
+}
+
+/// Snapshots hold the format, the views (`(node id, view)` in node id
+/// order), the desired state and its seq; everything else is derived.
+mod snapshot {
+    use super::{NodeView, ProjectionEngine, SNAPSHOT_FORMAT};
+    use serde::de::{Error as _, SeqAccess, Visitor};
+    use serde::ser::SerializeTuple;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use sx_common::desired::DesiredSpec;
+
+    impl Serialize for ProjectionEngine {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            struct Views<'a>(&'a ProjectionEngine);
+            impl Serialize for Views<'_> {
+                fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                    serializer.collect_seq(self.0.nodes())
+                }
+            }
+            let mut t = serializer.serialize_tuple(4)?;
+            t.serialize_element(&SNAPSHOT_FORMAT)?;
+            t.serialize_element(&Views(self))?;
+            t.serialize_element(&self.desired)?;
+            t.serialize_element(&self.desired_seq)?;
+            t.end()
+        }
+    }
+
+    /// The views, each boxed as it is decoded (no intermediate vector of
+    /// large inline views).
+    struct Views(Vec<(String, Box<NodeView>)>);
+
+    impl<'de> Deserialize<'de> for Views {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Entries;
+            impl<'de> Visitor<'de> for Entries {
+                type Value = Views;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a sequence of (node id, node view)")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Views, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some((node, view)) = seq.next_element::<(String, NodeView)>()? {
+                        out.push((node, Box::new(view)));
+                    }
+                    Ok(Views(out))
+                }
+            }
+            deserializer.deserialize_seq(Entries)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for ProjectionEngine {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct Snapshot;
+            impl<'de> Visitor<'de> for Snapshot {
+                type Value = ProjectionEngine;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a projection snapshot")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(
+                    self,
+                    mut seq: A,
+                ) -> Result<ProjectionEngine, A::Error> {
+                    let missing = || A::Error::custom("truncated projection snapshot");
+                    let format: [u8; 8] = seq.next_element()?.ok_or_else(missing)?;
+                    if format != SNAPSHOT_FORMAT {
+                        return Err(A::Error::custom("unknown projection snapshot format"));
+                    }
+                    let views: Views = seq.next_element()?.ok_or_else(missing)?;
+                    let desired: DesiredSpec = seq.next_element()?.ok_or_else(missing)?;
+                    let desired_seq: u64 = seq.next_element()?.ok_or_else(missing)?;
+                    ProjectionEngine::from_parts(views.0, desired, desired_seq)
+                        .ok_or_else(|| A::Error::custom("inconsistent projection snapshot"))
+                }
+            }
+            deserializer.deserialize_tuple(4, Snapshot)
+        }
     }
 }

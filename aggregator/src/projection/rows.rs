@@ -13,23 +13,25 @@
 //! stand for.
 
 use super::NodeView;
-use super::drift::{DriftSummary, Severity};
+use super::drift::{DriftMember, DriftSummary};
 use super::views::{GroupBy, Observed};
 use std::collections::HashMap;
 use std::sync::Arc;
 use sx_common::model::{ConnectivityState, DigitalTwin, LifecyclePhase};
-use sx_common::time::Span;
 use sx_common::time::Timestamp;
 
 /// The group id of the whole fleet (`"fleet"`).
 const FLEET: u32 = 0;
 
-/// Group (zone, region, cluster) and version names, and their ids.
-/// Names are never forgotten: a fleet has a bounded vocabulary of them.
+/// Group (zone, region, cluster) and version names, and their ids; and
+/// sets of name ids (the clusters of a node), and theirs. Names and sets
+/// are never forgotten: a fleet has a bounded vocabulary of them.
 #[derive(Clone, Debug)]
 pub(crate) struct GroupNames {
     list: Vec<Arc<str>>,
     ids: HashMap<Arc<str>, u32>,
+    sets: Vec<Arc<[u32]>>,
+    set_ids: HashMap<Arc<[u32]>, u32>,
 }
 
 impl Default for GroupNames {
@@ -37,8 +39,11 @@ impl Default for GroupNames {
         let mut names = GroupNames {
             list: Vec::new(),
             ids: HashMap::new(),
+            sets: Vec::new(),
+            set_ids: HashMap::new(),
         };
         names.id("fleet");
+        names.set_id(&[]);
         names
     }
 }
@@ -57,6 +62,22 @@ impl GroupNames {
 
     pub(crate) fn name(&self, id: u32) -> &str {
         &self.list[id as usize]
+    }
+
+    /// The id of a set of name ids (in the order given).
+    fn set_id(&mut self, set: &[u32]) -> u32 {
+        if let Some(id) = self.set_ids.get(set) {
+            return *id;
+        }
+        let id = self.sets.len() as u32;
+        let set: Arc<[u32]> = Arc::from(set);
+        self.sets.push(set.clone());
+        self.set_ids.insert(set, id);
+        id
+    }
+
+    pub(crate) fn set(&self, id: u32) -> &[u32] {
+        &self.sets[id as usize]
     }
 
     /// How many ids exist (the size of a table indexed by group id).
@@ -90,11 +111,12 @@ pub(crate) struct Row {
     placed: bool,
     pub(crate) zone: u32,
     pub(crate) region: u32,
-    /// The clusters the node declared, as declared (to notice changes).
-    declared: Box<[u32]>,
-    /// Every cluster of the node, each once: its region's and zone's and
-    /// the declared ones ([`super::views::clusters_of`]).
-    pub(crate) clusters: Box<[u32]>,
+    /// The clusters the node declared, as declared (a set id, to notice
+    /// changes).
+    declared: u32,
+    /// Every cluster of the node, each once (a set id): its region's and
+    /// zone's and the declared ones ([`super::views::clusters_of`]).
+    pub(crate) clusters: u32,
     pub(crate) state: ConnectivityState,
     pub(crate) last_sync: Option<Timestamp>,
     pub(crate) backlog: u64,
@@ -104,42 +126,33 @@ pub(crate) struct Row {
     pub(crate) maintenance: bool,
 }
 
-/// A row's drift numbers, kept apart from the row so the drift views by
-/// zone, region and fleet scan 32 bytes per node.
+/// A row's drift numbers, kept apart from the row so the drift views scan
+/// one small cell per node.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub(crate) struct DriftCell {
+    pub(crate) member: DriftMember,
     pub(crate) zone: u32,
     pub(crate) region: u32,
-    drift_score: u32,
-    severity: Severity,
-    has_compliance: bool,
-    compliance: f64,
-    stale_by: Span,
+    /// The node's clusters (a set id).
+    pub(crate) clusters: u32,
 }
 
 impl DriftCell {
     fn of(row: &Row, s: &DriftSummary) -> Self {
         DriftCell {
+            member: DriftMember::of(s),
             zone: row.zone,
             region: row.region,
-            drift_score: s.drift_score,
-            severity: s.severity,
-            has_compliance: s.compliance_score.is_some(),
-            compliance: s.compliance_score.unwrap_or_default(),
-            stale_by: s.stale_by,
+            clusters: row.clusters,
         }
     }
 
     pub(crate) fn summary(&self) -> DriftSummary {
-        DriftSummary {
-            severity: self.severity,
-            drift_score: self.drift_score,
-            compliance_score: self.has_compliance.then_some(self.compliance),
-            stale_by: self.stale_by,
-        }
+        self.member.summary()
     }
 
     /// The cell's group under a grouping by zone, region or fleet.
+    #[inline]
     pub(crate) fn group(&self, by: GroupBy) -> u32 {
         match by {
             GroupBy::Zone => self.zone,
@@ -162,33 +175,39 @@ pub(crate) struct ResolvedRow<'a> {
 }
 
 impl Row {
-    /// Brings the row in line with the node's view.
-    fn update(&mut self, names: &mut GroupNames, view: &NodeView) {
+    /// Brings the row in line with the node's view; `placement` says the
+    /// node's zone, region or declared clusters may have changed.
+    fn update(&mut self, names: &mut GroupNames, view: &NodeView, placement: bool) {
         let twin = &view.twin;
-        if !self.placed_as(names, twin) {
+        if (placement || !self.placed) && !self.placed_as(names, twin) {
             self.place(names, twin);
         }
         self.state = twin.connectivity.state;
         self.last_sync = twin.connectivity.last_sync;
         self.backlog = twin.connectivity.message_backlog;
         self.phase = twin.lifecycle.phase;
-        self.update = twin
-            .lifecycle
-            .update
-            .as_ref()
-            .map(|u| (names.id(&u.to_version), u.succeeded));
+        self.update = twin.lifecycle.update.as_ref().map(|u| {
+            let same = self
+                .update
+                .is_some_and(|(id, _)| names.name(id) == u.to_version);
+            let id = match self.update {
+                Some((id, _)) if same => id,
+                _ => names.id(&u.to_version),
+            };
+            (id, u.succeeded)
+        });
         self.maintenance = twin.lifecycle.maintenance.is_some();
     }
 
     /// Whether the row's groups are the twin's (zone, region and declared
     /// clusters decide all of them).
     fn placed_as(&self, names: &GroupNames, twin: &DigitalTwin) -> bool {
+        let declared = names.set(self.declared);
         self.placed
             && names.name(self.zone) == twin.identity.zone
             && names.name(self.region) == twin.identity.region
-            && self.declared.len() == twin.topology.clusters.len()
-            && self
-                .declared
+            && declared.len() == twin.topology.clusters.len()
+            && declared
                 .iter()
                 .zip(&twin.topology.clusters)
                 .all(|(id, c)| names.name(*id) == c)
@@ -198,7 +217,8 @@ impl Row {
         self.placed = true;
         self.zone = names.id(&twin.identity.zone);
         self.region = names.id(&twin.identity.region);
-        self.declared = twin.topology.clusters.iter().map(|c| names.id(c)).collect();
+        let declared: Vec<u32> = twin.topology.clusters.iter().map(|c| names.id(c)).collect();
+        self.declared = names.set_id(&declared);
         let mut clusters: Vec<u32> = Vec::new();
         for c in super::views::clusters_of(twin) {
             let id = names.id(&c);
@@ -206,14 +226,14 @@ impl Row {
                 clusters.push(id);
             }
         }
-        self.clusters = clusters.into_boxed_slice();
+        self.clusters = names.set_id(&clusters);
     }
 
     /// The groups of the row under a grouping (for `GroupBy::Node`, whose
     /// groups are the nodes themselves, the fleet id).
-    pub(crate) fn groups(&self, by: GroupBy) -> &[u32] {
+    pub(crate) fn groups<'a>(&'a self, by: GroupBy, names: &'a GroupNames) -> &'a [u32] {
         match by {
-            GroupBy::Cluster => &self.clusters,
+            GroupBy::Cluster => names.set(self.clusters),
             GroupBy::Zone => std::slice::from_ref(&self.zone),
             GroupBy::Region => std::slice::from_ref(&self.region),
             GroupBy::Global | GroupBy::Node => std::slice::from_ref(&FLEET),
@@ -229,6 +249,8 @@ pub(crate) struct FleetTable {
     rows: Vec<Row>,
     drift: Vec<DriftCell>,
     nodes: Vec<Arc<str>>,
+    /// By row; empty until the first observation (rows past its end have
+    /// none).
     observed: Vec<Option<Observed>>,
 }
 
@@ -239,14 +261,15 @@ impl FleetTable {
         self.rows.push(Row::default());
         self.drift.push(DriftCell::default());
         self.nodes.push(node);
-        self.observed.push(None);
         ix
     }
 
-    pub(crate) fn update(&mut self, row: u32, view: &NodeView) {
+    /// Brings a row in line with its node's view (`placement`: the node's
+    /// zone, region or declared clusters may have changed).
+    pub(crate) fn update(&mut self, row: u32, view: &NodeView, placement: bool) {
         let ix = row as usize;
         if let (Some(r), Some(cell)) = (self.rows.get_mut(ix), self.drift.get_mut(ix)) {
-            r.update(&mut self.names, view);
+            r.update(&mut self.names, view, placement);
             *cell = DriftCell::of(r, &view.summary);
         }
     }
@@ -257,9 +280,14 @@ impl FleetTable {
     }
 
     pub(crate) fn observe(&mut self, row: u32, observed: Observed) {
-        if let Some(o) = self.observed.get_mut(row as usize) {
-            *o = Some(observed);
+        let ix = row as usize;
+        if ix >= self.rows.len() {
+            return;
         }
+        if self.observed.len() <= ix {
+            self.observed.resize(self.rows.len(), None);
+        }
+        self.observed[ix] = Some(observed);
     }
 
     pub(crate) fn observed(&self, row: u32) -> Option<&Observed> {
@@ -271,21 +299,23 @@ impl FleetTable {
         self.nodes.get(row as usize).map_or("", |n| n)
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.rows.len()
-    }
-
     pub(crate) fn row(&self, row: u32) -> Option<&Row> {
         self.rows.get(row as usize)
     }
 
+    /// Every row, in row order.
+    pub(crate) fn rows(&self) -> &[Row] {
+        &self.rows
+    }
+
     /// (node id, row, observation) of every node, in row order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &Row, Option<&Observed>)> {
+        let observed = self.observed.iter().map(Option::as_ref);
         self.rows
             .iter()
             .zip(&self.nodes)
-            .zip(&self.observed)
-            .map(|((r, n), o)| (&**n, r, o.as_ref()))
+            .zip(observed.chain(std::iter::repeat(None)))
+            .map(|((r, n), o)| (&**n, r, o))
     }
 
     /// A row's content, independent of the order rows were added and
@@ -293,19 +323,25 @@ impl FleetTable {
     pub(crate) fn resolved(&self, row: u32) -> Option<ResolvedRow<'_>> {
         let r = self.row(row)?;
         let names = &self.names;
-        let resolve = |ids: &[u32]| ids.iter().map(|id| names.name(*id)).collect::<Vec<_>>();
+        let resolve = |set: u32| {
+            names
+                .set(set)
+                .iter()
+                .map(|id| names.name(*id))
+                .collect::<Vec<_>>()
+        };
         Some(ResolvedRow {
             zone: names.name(r.zone),
             region: names.name(r.region),
-            declared: resolve(&r.declared),
-            clusters: resolve(&r.clusters),
+            declared: resolve(r.declared),
+            clusters: resolve(r.clusters),
             update: r.update.map(|(id, ok)| (names.name(id), ok)),
             summary: self.drift.get(row as usize)?.summary(),
             rest: Row {
                 zone: 0,
                 region: 0,
-                declared: Box::new([]),
-                clusters: Box::new([]),
+                declared: 0,
+                clusters: 0,
                 update: None,
                 ..r.clone()
             },

@@ -5,7 +5,7 @@
 
 use super::ProjectionEngine;
 use super::drift::{self, DriftAggregate, DriftGroups};
-use super::rows::Row;
+use super::rows::{GroupNames, Row};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use sx_common::model::{ConnectivityState, DigitalTwin, LifecyclePhase};
@@ -82,28 +82,24 @@ pub fn drift_by(engine: &ProjectionEngine, by: GroupBy) -> Vec<DriftAggregate> {
     // Members are keyed by (rank of the node id, row): ties among the
     // worst nodes are broken without reading node ids.
     let ranks = engine.ranks();
-    let mut groups: DriftGroups<(u32, u32)> = DriftGroups::new(table.names.len());
+    let names = &table.names;
+    let mut groups: DriftGroups<(u32, u32)> = DriftGroups::new(names.len());
     let keyed = cells.iter().zip(ranks).enumerate();
     if by == GroupBy::Cluster {
-        for ((row_ix, (cell, rank)), (_, row, _)) in keyed.zip(table.iter()) {
-            let s = cell.summary();
-            for g in row.groups(by) {
-                groups.add(*g as usize, (*rank, row_ix as u32), &s);
+        for (row, (cell, rank)) in keyed {
+            for g in names.set(cell.clusters) {
+                groups.add_member(*g as usize, (*rank, row as u32), &cell.member);
             }
         }
     } else {
-        for (row_ix, (cell, rank)) in keyed {
-            groups.add(
-                cell.group(by) as usize,
-                (*rank, row_ix as u32),
-                &cell.summary(),
-            );
+        for (row, (cell, rank)) in keyed {
+            groups.add_member(cell.group(by) as usize, (*rank, row as u32), &cell.member);
         }
     }
-    let present: Vec<Option<usize>> = (0..table.names.len())
+    let present: Vec<Option<usize>> = (0..names.len())
         .map(|g| groups.has_members(g).then_some(g))
         .collect();
-    table.names.sorted(present, |name, g| {
+    names.sorted(present, |name, g| {
         groups.finish(g, name, |(_, row)| table.node(row).to_owned())
     })
 }
@@ -209,11 +205,22 @@ pub fn connectivity_by(
             .rows_by_node()
             .filter_map(|(node, ix)| {
                 let row = table.row(ix)?;
-                Some(connectivity_of(node, [(row, lookup(node))], by, stale_after, now).into())
+                Some(
+                    connectivity_of(
+                        &table.names,
+                        node,
+                        [(row, lookup(node))],
+                        by,
+                        stale_after,
+                        now,
+                    )
+                    .into(),
+                )
             })
             .collect();
     }
     connectivity_of(
+        &engine.table().names,
         "",
         engine
             .table()
@@ -241,11 +248,12 @@ pub fn connectivity_observed_by(
             .filter_map(|(node, ix)| {
                 let row = table.row(ix)?;
                 let o = table.observed(ix);
-                Some(connectivity_of(node, [(row, o)], by, stale_after, now).into())
+                Some(connectivity_of(&table.names, node, [(row, o)], by, stale_after, now).into())
             })
             .collect();
     }
     connectivity_of(
+        &engine.table().names,
         "",
         engine.table().iter().map(|(_, row, o)| (row, o)),
         by,
@@ -258,6 +266,7 @@ pub fn connectivity_observed_by(
 /// Accumulates rows into per-group accumulators (or, for one node, a
 /// single one).
 fn connectivity_of<'a>(
+    names: &GroupNames,
     node: &str,
     rows: impl IntoIterator<Item = (&'a Row, Option<&'a Observed>)>,
     by: GroupBy,
@@ -291,7 +300,7 @@ fn connectivity_of<'a>(
             acc.backlog_total = acc.backlog_total.saturating_add(backlog);
             acc.backlog_max = acc.backlog_max.max(backlog);
         };
-        for g in row.groups(by) {
+        for g in row.groups(by, names) {
             add(*g);
         }
     }
@@ -376,20 +385,21 @@ const PHASES: [LifecyclePhase; 5] = [
 
 /// Lifecycle of a group, accumulated node by node.
 #[derive(Clone, Debug, Default)]
-struct LifecycleAccumulator<'a> {
+struct LifecycleAccumulator {
     nodes: usize,
     phases: [usize; PHASES.len()],
     /// Per target version id: initiated, in progress, succeeded, failed.
     updates: BTreeMap<u32, [usize; 4]>,
-    /// Nodes in maintenance, in node order.
-    maintenance: Vec<&'a str>,
+    /// Rows of the nodes in maintenance.
+    maintenance: Vec<u32>,
 }
 
 /// Lifecycle per group, groups sorted by name; maintenance windows in node
 /// id order.
 pub fn lifecycle_by(engine: &ProjectionEngine, by: GroupBy) -> Vec<LifecycleAggregate> {
     let table = engine.table();
-    let finish = |name: &str, acc: LifecycleAccumulator<'_>| {
+    let ranks = engine.ranks();
+    let finish = |name: &str, acc: LifecycleAccumulator| {
         let mut updates: Vec<UpdateProgressView> = acc
             .updates
             .into_iter()
@@ -405,7 +415,7 @@ pub fn lifecycle_by(engine: &ProjectionEngine, by: GroupBy) -> Vec<LifecycleAggr
             .collect();
         updates.sort_by(|a, b| a.to_version.cmp(&b.to_version));
         let mut maintenance = acc.maintenance;
-        maintenance.sort_unstable();
+        maintenance.sort_unstable_by_key(|row| ranks.get(*row as usize).copied());
         LifecycleAggregate {
             group: name.to_owned(),
             nodes: acc.nodes,
@@ -417,10 +427,10 @@ pub fn lifecycle_by(engine: &ProjectionEngine, by: GroupBy) -> Vec<LifecycleAggr
             updates,
             maintenance: maintenance
                 .into_iter()
-                .filter_map(|node| {
-                    let m = engine.node(node)?.twin.lifecycle.maintenance.as_ref()?;
+                .filter_map(|row| {
+                    let m = engine.view_at(row)?.twin.lifecycle.maintenance.as_ref()?;
                     Some(MaintenanceView {
-                        node: node.to_owned(),
+                        node: table.node(row).to_owned(),
                         window_id: m.window_id.clone(),
                         reason: m.reason.clone(),
                         started_at: m.started_at,
@@ -430,7 +440,7 @@ pub fn lifecycle_by(engine: &ProjectionEngine, by: GroupBy) -> Vec<LifecycleAggr
                 .collect(),
         }
     };
-    fn add<'a>(acc: &mut LifecycleAccumulator<'a>, node: &'a str, row: &Row) {
+    fn add(acc: &mut LifecycleAccumulator, ix: u32, row: &Row) {
         acc.nodes += 1;
         acc.phases[row.phase as usize] += 1;
         if let Some((to, outcome)) = row.update {
@@ -443,7 +453,7 @@ pub fn lifecycle_by(engine: &ProjectionEngine, by: GroupBy) -> Vec<LifecycleAggr
             }
         }
         if row.maintenance {
-            acc.maintenance.push(node);
+            acc.maintenance.push(ix);
         }
     }
     if by == GroupBy::Node {
@@ -451,15 +461,15 @@ pub fn lifecycle_by(engine: &ProjectionEngine, by: GroupBy) -> Vec<LifecycleAggr
             .rows_by_node()
             .filter_map(|(node, ix)| {
                 let mut acc = LifecycleAccumulator::default();
-                add(&mut acc, node, table.row(ix)?);
+                add(&mut acc, ix, table.row(ix)?);
                 Some(finish(node, acc))
             })
             .collect();
     }
-    let mut groups: Vec<Option<LifecycleAccumulator<'_>>> = vec![None; table.names.len()];
-    for (node, row, _) in table.iter() {
-        for g in row.groups(by) {
-            add(groups[*g as usize].get_or_insert_default(), node, row);
+    let mut groups: Vec<Option<LifecycleAccumulator>> = vec![None; table.names.len()];
+    for (ix, row) in table.rows().iter().enumerate() {
+        for g in row.groups(by, &table.names) {
+            add(groups[*g as usize].get_or_insert_default(), ix as u32, row);
         }
     }
     table.names.sorted(groups, finish)
