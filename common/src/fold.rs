@@ -183,7 +183,7 @@ pub fn fold_event(twin: &mut DigitalTwin, event: &Event) {
                 .clone_from(&s.image_provenance);
         }
         P::ConfigReported(c) => {
-            twin.state.actual.clone_from(&c.values);
+            twin.state.actual.set_all(&c.values);
             twin.state.last_applied = Some(at);
         }
         P::PolicyApplied(p) => {
@@ -243,11 +243,11 @@ pub fn derive(twin: &mut DigitalTwin) {
 /// field name.
 pub fn config_drift(
     desired: &BTreeMap<String, crate::model::ConfigValue>,
-    actual: &BTreeMap<String, crate::model::ConfigValue>,
+    actual: &crate::model::ConfigMap,
 ) -> Vec<FieldDrift> {
     desired
         .iter()
-        .filter(|(field, want)| actual.get(*field) != Some(*want))
+        .filter(|(field, want)| actual.get(field) != Some(*want))
         .map(|(field, want)| FieldDrift {
             field: field.clone(),
             desired: want.clone(),

@@ -326,11 +326,114 @@ pub struct Software {
     pub image_provenance: String,
 }
 
+/// Configuration values by field name, in name order: what a node reports
+/// running. Serialized exactly as a `BTreeMap<String, ConfigValue>` (a map
+/// in JSON and postcard); held as one exact-size sorted list, since a twin
+/// holds a handful of fields and a B-tree node would take ~600 bytes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConfigMap(Vec<(String, ConfigValue)>);
+
+impl ConfigMap {
+    pub fn get(&self, field: &str) -> Option<&ConfigValue> {
+        let i = self.position(field).ok()?;
+        Some(&self.0[i].1)
+    }
+
+    /// Sets a field; returns its previous value.
+    pub fn insert(&mut self, field: String, value: ConfigValue) -> Option<ConfigValue> {
+        match self.position(&field) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
+            Err(i) => {
+                self.0.reserve_exact(1);
+                self.0.insert(i, (field, value));
+                None
+            }
+        }
+    }
+
+    /// Removes a field; returns its value.
+    pub fn remove(&mut self, field: &str) -> Option<ConfigValue> {
+        let i = self.position(field).ok()?;
+        let (_, value) = self.0.remove(i);
+        self.0.shrink_to_fit();
+        Some(value)
+    }
+
+    /// Every field and its value, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &ConfigValue)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Replaces every value with those of `values`.
+    pub fn set_all(&mut self, values: &BTreeMap<String, ConfigValue>) {
+        let same_fields =
+            self.0.len() == values.len() && self.0.iter().zip(values).all(|(a, b)| a.0 == *b.0);
+        if same_fields {
+            for ((_, v), (_, new)) in self.0.iter_mut().zip(values) {
+                v.clone_from(new);
+            }
+        } else {
+            *self = ConfigMap::from(values);
+        }
+    }
+
+    fn position(&self, field: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.as_str().cmp(field))
+    }
+}
+
+impl From<&BTreeMap<String, ConfigValue>> for ConfigMap {
+    fn from(values: &BTreeMap<String, ConfigValue>) -> Self {
+        let mut list = Vec::with_capacity(values.len());
+        list.extend(values.iter().map(|(k, v)| (k.clone(), v.clone())));
+        ConfigMap(list)
+    }
+}
+
+impl From<BTreeMap<String, ConfigValue>> for ConfigMap {
+    fn from(values: BTreeMap<String, ConfigValue>) -> Self {
+        let mut list = Vec::with_capacity(values.len());
+        list.extend(values);
+        ConfigMap(list)
+    }
+}
+
+impl PartialEq<BTreeMap<String, ConfigValue>> for ConfigMap {
+    fn eq(&self, other: &BTreeMap<String, ConfigValue>) -> bool {
+        self.0.len() == other.len()
+            && self
+                .0
+                .iter()
+                .zip(other)
+                .all(|((ka, va), (kb, vb))| ka == kb && va == vb)
+    }
+}
+
+impl Serialize for ConfigMap {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfigMap {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        BTreeMap::<String, ConfigValue>::deserialize(deserializer).map(ConfigMap::from)
+    }
+}
+
 /// `state` of the seed: configuration desired, actual and their difference.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TwinState {
     pub desired: BTreeMap<String, ConfigValue>,
-    pub actual: BTreeMap<String, ConfigValue>,
+    pub actual: ConfigMap,
     pub drift: Vec<FieldDrift>,
     pub last_applied: Option<Timestamp>,
 }
@@ -398,4 +501,57 @@ pub struct DigitalTwin {
     pub first_event_at: Option<Timestamp>,
     /// Timestamp of the last event folded into this twin.
     pub last_event_at: Option<Timestamp>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values() -> BTreeMap<String, ConfigValue> {
+        [
+            ("sip.max_forwards".to_owned(), ConfigValue::Int(70)),
+            (
+                "stir.enforcement_mode".to_owned(),
+                ConfigValue::from("hard"),
+            ),
+            ("rate_limit.max_cps".to_owned(), ConfigValue::Float(1.5)),
+        ]
+        .into()
+    }
+
+    #[test]
+    fn config_map_serializes_as_the_btree_map_it_holds() {
+        let map = values();
+        let list = ConfigMap::from(&map);
+        assert_eq!(list, map);
+        assert_eq!(
+            serde_json::to_string(&list).ok(),
+            serde_json::to_string(&map).ok()
+        );
+        let bytes = postcard::to_allocvec(&map).expect("encode");
+        assert_eq!(postcard::to_allocvec(&list).ok(), Some(bytes.clone()));
+        assert_eq!(postcard::from_bytes::<ConfigMap>(&bytes).ok(), Some(list));
+    }
+
+    #[test]
+    fn config_map_edits_as_a_map_does() {
+        let mut map = BTreeMap::new();
+        let mut list = ConfigMap::default();
+        let edits = [("b", 1), ("a", 2), ("c", 3), ("b", 4), ("a", 5)];
+        for (field, value) in edits {
+            assert_eq!(
+                list.insert(field.to_owned(), ConfigValue::Int(value)),
+                map.insert(field.to_owned(), ConfigValue::Int(value))
+            );
+            assert_eq!(list, map);
+        }
+        assert_eq!(list.remove("b"), map.remove("b"));
+        assert_eq!(list.remove("zz"), map.remove("zz"));
+        assert_eq!(list, map);
+        assert_eq!(list.get("a"), map.get("a"));
+        list.set_all(&values());
+        assert_eq!(list, values());
+        list.set_all(&values());
+        assert_eq!(list.len(), 3);
+    }
 }

@@ -186,7 +186,7 @@ pub fn summarize_against(
     let objects = desired
         .config
         .iter()
-        .filter(|(field, want)| actual.get(*field) != Some(*want))
+        .filter(|(field, want)| actual.get(field) != Some(*want))
         .count();
     let mut stale_by = twin.policy.stale_by;
     if objects > 0 {
@@ -388,36 +388,52 @@ impl DriftMember {
 /// identified by a key that sorts as their node ids do (the node id itself,
 /// or a rank); results do not depend on the order members are added in.
 ///
-/// Laid out field by field across groups (not group by group): each add
-/// touches a few small arrays that stay in the L1 cache even with hundreds
-/// of groups, where per-group structs would not.
+/// What an add touches of a group is one small struct (two cache lines),
+/// so with hundreds of groups hit in any order an add costs one or two
+/// L1 lines rather than one per field; the worst lists, rarely touched,
+/// are kept apart.
 #[derive(Clone, Debug)]
 pub struct DriftGroups<K> {
-    by_severity: Vec<[u32; Severity::ALL.len()]>,
-    buckets: Vec<[u32; BUCKETS.len()]>,
-    compliance_count: Vec<u32>,
-    /// In units of 2^-64.
-    compliance_sum: Vec<i128>,
-    compliance_min: Vec<Option<f64>>,
-    stale_by_max: Vec<Span>,
-    /// Per group, the tenth worst member once there are ten (what a
-    /// newcomer must beat), so most members never touch the lists.
-    floor: Vec<Option<(K, u32)>>,
+    counters: Vec<GroupCounters<K>>,
     /// Per group, the ten highest scores, highest first, ties by key.
     worst: Vec<Vec<(K, u32)>>,
+}
+
+/// The running numbers of one group.
+#[derive(Clone, Copy, Debug)]
+struct GroupCounters<K> {
+    /// In units of 2^-64.
+    compliance_sum: i128,
+    /// Meaningful once `compliance_count > 0`.
+    compliance_min: f64,
+    stale_by_max: Span,
+    by_severity: [u32; Severity::ALL.len()],
+    buckets: [u32; BUCKETS.len()],
+    compliance_count: u32,
+    /// The tenth worst member once there are ten (what a newcomer must
+    /// beat), so most members never touch the lists.
+    floor: Option<(K, u32)>,
+}
+
+impl<K> Default for GroupCounters<K> {
+    fn default() -> Self {
+        GroupCounters {
+            compliance_sum: 0,
+            compliance_min: 0.0,
+            stale_by_max: Span::ZERO,
+            by_severity: [0; Severity::ALL.len()],
+            buckets: [0; BUCKETS.len()],
+            compliance_count: 0,
+            floor: None,
+        }
+    }
 }
 
 impl<K: Ord + Copy> DriftGroups<K> {
     /// Accumulators for groups `0..groups`.
     pub fn new(groups: usize) -> Self {
         DriftGroups {
-            by_severity: vec![Default::default(); groups],
-            buckets: vec![Default::default(); groups],
-            compliance_count: vec![0; groups],
-            compliance_sum: vec![0; groups],
-            compliance_min: vec![None; groups],
-            stale_by_max: vec![Span::ZERO; groups],
-            floor: vec![None; groups],
+            counters: vec![GroupCounters::default(); groups],
             worst: vec![Vec::new(); groups],
         }
     }
@@ -433,31 +449,35 @@ impl<K: Ord + Copy> DriftGroups<K> {
     #[inline]
     pub fn add_member(&mut self, g: usize, node: K, m: &DriftMember) {
         // Few branches: views call this for every node of the fleet.
-        self.by_severity[g][m.severity as usize] += 1;
-        self.buckets[g][bucket(m.drift_score)] += 1;
-        self.compliance_sum[g] += m.compliance_term;
-        self.compliance_count[g] += u32::from(m.has_compliance);
+        let c = &mut self.counters[g];
+        c.by_severity[m.severity as usize] += 1;
+        c.buckets[bucket(m.drift_score)] += 1;
+        c.compliance_sum += m.compliance_term;
         if m.has_compliance {
-            let c = m.compliance;
-            self.compliance_min[g] = Some(self.compliance_min[g].map_or(c, |min: f64| min.min(c)));
+            c.compliance_min = if c.compliance_count == 0 {
+                m.compliance
+            } else {
+                c.compliance_min.min(m.compliance)
+            };
         }
-        self.stale_by_max[g] = self.stale_by_max[g].max(m.stale_by);
+        c.compliance_count += u32::from(m.has_compliance);
+        c.stale_by_max = c.stale_by_max.max(m.stale_by);
         let score = m.drift_score;
         let ranks_before = |w: &(K, u32)| w.1 > score || (w.1 == score && w.0 < node);
-        if score > 0 && self.floor[g].is_none_or(|w| !ranks_before(&w)) {
+        if score > 0 && c.floor.is_none_or(|w| !ranks_before(&w)) {
             let worst = &mut self.worst[g];
             let at = worst.partition_point(ranks_before);
             worst.insert(at, (node, score));
             worst.truncate(10);
-            self.floor[g] = worst.get(9).copied();
+            c.floor = worst.get(9).copied();
         }
     }
 
     /// Whether any member was added to group `g`.
     pub fn has_members(&self, g: usize) -> bool {
-        self.by_severity
+        self.counters
             .get(g)
-            .is_some_and(|s| s.iter().any(|n| *n > 0))
+            .is_some_and(|c| c.by_severity.iter().any(|n| *n > 0))
     }
 
     /// The aggregate of group `g`; `node_id` names a member's key.
@@ -467,18 +487,18 @@ impl<K: Ord + Copy> DriftGroups<K> {
         group: &str,
         node_id: impl Fn(K) -> String,
     ) -> DriftAggregate {
-        let by_severity = self.by_severity[g];
-        let count = self.compliance_count[g];
+        let c = self.counters[g];
+        let count = c.compliance_count;
         DriftAggregate {
             group: group.to_owned(),
-            nodes: by_severity.iter().map(|n| *n as usize).sum(),
+            nodes: c.by_severity.iter().map(|n| *n as usize).sum(),
             by_severity: Severity::ALL
                 .into_iter()
-                .zip(by_severity.map(|n| n as usize))
+                .zip(c.by_severity.map(|n| n as usize))
                 .collect(),
             score_distribution: BUCKETS
                 .iter()
-                .zip(self.buckets[g])
+                .zip(c.buckets)
                 .filter(|(_, n)| *n > 0)
                 .map(|(b, n)| ((*b).to_owned(), n as usize))
                 .collect(),
@@ -487,9 +507,9 @@ impl<K: Ord + Copy> DriftGroups<K> {
                 .map(|(n, score)| (node_id(n), score))
                 .collect(),
             compliance_mean: (count > 0)
-                .then(|| self.compliance_sum[g] as f64 / FIXED_POINT / f64::from(count)),
-            compliance_min: self.compliance_min[g],
-            stale_by_max: self.stale_by_max[g],
+                .then(|| c.compliance_sum as f64 / FIXED_POINT / f64::from(count)),
+            compliance_min: (count > 0).then_some(c.compliance_min),
+            stale_by_max: c.stale_by_max,
         }
     }
 }
