@@ -115,6 +115,8 @@ pub struct Status {
     pub now: Timestamp,
     pub events_stored: u64,
     pub commits: u64,
+    /// Time the ingest writer spent verifying and committing, in ms.
+    pub writer_busy_ms: u64,
     pub duplicates: u64,
     pub rejected_batches: u64,
     pub refusals: std::collections::BTreeMap<String, u64>,
@@ -139,6 +141,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Result<Json<Status>, ApiEr
         now,
         events_stored: shared.store.event_count().map_err(ApiError::internal)?,
         commits: stats.commits.load(Ordering::Relaxed),
+        writer_busy_ms: stats.busy_us.load(Ordering::Relaxed) / 1_000,
         duplicates: stats.duplicates.load(Ordering::Relaxed),
         rejected_batches: stats.rejected.load(Ordering::Relaxed),
         refusals: shared.refusals.counts(),

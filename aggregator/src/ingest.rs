@@ -47,6 +47,9 @@ pub struct IngestStats {
     pub events_stored: AtomicU64,
     pub duplicates: AtomicU64,
     pub rejected: AtomicU64,
+    /// Microseconds the writer spent verifying and committing (its
+    /// utilisation: busy time over wall time).
+    pub busy_us: AtomicU64,
 }
 
 struct Job {
@@ -156,7 +159,12 @@ fn writer_loop(
         }
         let (submissions, replies): (Vec<Submission>, Vec<_>) =
             jobs.into_iter().map(|j| (j.submission, j.reply)).unzip();
-        match store.append(&submissions) {
+        let started = std::time::Instant::now();
+        let appended = store.append(&submissions);
+        stats
+            .busy_us
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        match appended {
             Ok(verdicts) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 let mut committed = Vec::new();

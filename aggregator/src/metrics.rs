@@ -192,6 +192,7 @@ struct Scrape {
     duplicates: u64,
     rejected_batches: u64,
     commits: u64,
+    writer_busy_seconds: f64,
     events_per_second: f64,
     events_stored: u64,
     forks: u64,
@@ -225,6 +226,7 @@ impl Scrape {
             duplicates: stats.duplicates.load(Ordering::Relaxed),
             rejected_batches: stats.rejected.load(Ordering::Relaxed),
             commits: stats.commits.load(Ordering::Relaxed),
+            writer_busy_seconds: stats.busy_us.load(Ordering::Relaxed) as f64 / 1e6,
             events_per_second: shared.metrics.events_per_second(),
             events_stored: shared.store.event_count().map_err(|e| e.to_string())?,
             forks: shared.store.forks().map_err(|e| e.to_string())?.len() as u64,
@@ -301,6 +303,12 @@ impl Collector for Scrape {
             "Durable write transactions of the ingest writer, since start.",
             self.commits,
         )?;
+        ConstCounter::new(self.writer_busy_seconds).encode(e.encode_descriptor(
+            "ingest_writer_busy",
+            "Time the ingest writer spent verifying and committing, since start (its utilisation is the rate of this).",
+            Some(&Unit::Seconds),
+            MetricType::Counter,
+        )?)?;
         gauge(
             e,
             "ingest_events_per_second",

@@ -294,9 +294,14 @@ fn scenario(pki: &Pki, root: &Path, name: &str, agents: usize, events: u64) -> R
     // (connectivity events the agents add on top are not counted).
     let deadline = Instant::now() + Duration::from_secs(1_800);
     let mut peak = 0;
+    let mut first_ack = None;
     loop {
         peak = peak.max(proc_status(pid, "VmHWM:"));
-        if total_acked(api).unwrap_or(0) >= heads {
+        let acked = total_acked(api).unwrap_or(0);
+        if acked > 0 && first_ack.is_none() {
+            first_ack = Some(start.elapsed());
+        }
+        if acked >= heads {
             break;
         }
         if Instant::now() > deadline {
@@ -307,9 +312,29 @@ fn scenario(pki: &Pki, root: &Path, name: &str, agents: usize, events: u64) -> R
     let elapsed = start.elapsed().as_secs_f64();
     // CPU per event on each side (10 ms ticks), which the machine's load
     // disturbs less than the wall-clock rate.
+    if let Some(t) = first_ack {
+        println!("  [{name}] first events acknowledged after {t:.2?} (agent start, handshake)");
+    }
     let agg_cpu = (proc_cpu_ticks(pid) - agg_cpu0) as f64 / 100.0;
     let own_cpu = (proc_cpu_ticks(std::process::id()) - own_cpu0) as f64 / 100.0;
     peak = peak.max(proc_status(pid, "VmHWM:"));
+    match ureq::get(&format!("http://127.0.0.1:{api}/api/v1/status"))
+        .call()
+        .and_then(|mut r| r.body_mut().read_to_string())
+        .map(|b| serde_json::from_str::<serde_json::Value>(&b).unwrap_or_default())
+    {
+        Err(e) => eprintln!("  [{name}] status: {e}"),
+        Ok(v) => {
+            let stored = v["events_stored"].as_f64().unwrap_or(0.0);
+            let commits = v["commits"].as_f64().unwrap_or(0.0).max(1.0);
+            let busy = v["writer_busy_ms"].as_f64().unwrap_or(0.0) / 1e3;
+            println!(
+                "  [{name}] {commits} group commits, {:.0} events per commit; writer busy {busy:.2} s ({:.0}% of the run)",
+                stored / commits,
+                busy / start.elapsed().as_secs_f64() * 100.0
+            );
+        }
+    }
     let _ = stop.send(true);
     for t in tasks {
         let _ = rt.block_on(t).context("agent task")?;

@@ -55,6 +55,7 @@ fn metrics_count_what_was_stored_refused_and_imported() -> Result<()> {
         ("sx_aggregator_duplicate_events_total", "counter"),
         ("sx_aggregator_rejected_batches_total", "counter"),
         ("sx_aggregator_group_commits_total", "counter"),
+        ("sx_aggregator_ingest_writer_busy_seconds_total", "counter"),
         ("sx_aggregator_refusals_total", "counter"),
         (IMPORTS, "counter"),
         ("sx_aggregator_quic_connections_accepted_total", "counter"),
@@ -99,6 +100,10 @@ fn metrics_count_what_was_stored_refused_and_imported() -> Result<()> {
         "the status agrees"
     );
     assert!(m.get("sx_aggregator_group_commits_total", &[])? >= 1.0);
+    assert!(
+        m.get("sx_aggregator_ingest_writer_busy_seconds_total", &[])? > 0.0,
+        "committing took time"
+    );
     assert_eq!(m.get("sx_aggregator_quic_connections", &[])?, 1.0);
     let accepted = m.get("sx_aggregator_quic_connections_accepted_total", &[])?;
     assert!(accepted >= 1.0);

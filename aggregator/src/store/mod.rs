@@ -10,6 +10,7 @@
 //! - resending what is held is harmless: identical events are deduplicated.
 
 mod redb_store;
+pub mod run;
 
 pub use redb_store::RedbStore;
 

@@ -1,13 +1,15 @@
 //! [`EventStore`] on redb, the embedded default.
 //!
-//! Tables: `nodes` (node id → postcard [`NodeRecord`]), `events`
-//! ((node index, seq) → 32-byte hash followed by the event's canonical
-//! bytes), `forks` ((node index, seq, n) → postcard [`ForkEvidence`]).
+//! Tables: `nodes` (node id → postcard [`NodeRecord`]), `event_runs`
+//! ((node index, first seq) → a [`run`](super::run) of up to 1,024
+//! consecutive events with their hashes), `forks` ((node index, seq, n) →
+//! postcard [`ForkEvidence`]). A store written by an older build, with one
+//! `events` row per event, is converted to runs when opened.
 //! Heads are cached in memory and refreshed from the table after a failed
 //! commit, so the cache never runs ahead of what is durable.
 
-use super::{Admitted, EventStore, ForkEvidence, NodeRecord, StoreError, Submission};
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use super::{Admitted, EventStore, ForkEvidence, NodeRecord, StoreError, Submission, run};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
@@ -15,7 +17,9 @@ use sx_common::chain::{ChainHead, Digest, SealedEvent, VerifyError};
 use sx_common::protocol::{Rejection, admit_batch};
 
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
-const EVENTS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("events");
+const RUNS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("event_runs");
+/// One row per event: the layout before runs, converted on open.
+const EVENTS_V1: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("events");
 const FORKS: TableDefinition<(u32, u64, u64), &[u8]> = TableDefinition::new("forks");
 const DESIRED: TableDefinition<u64, &[u8]> = TableDefinition::new("desired");
 
@@ -37,9 +41,10 @@ impl RedbStore {
     /// Opens or creates the store at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let db = Database::create(path)?;
+        convert_v1(&db)?;
         let txn = db.begin_write()?;
         txn.open_table(NODES)?;
-        txn.open_table(EVENTS)?;
+        txn.open_table(RUNS)?;
         txn.open_table(FORKS)?;
         txn.open_table(DESIRED)?;
         txn.commit()?;
@@ -76,7 +81,7 @@ impl RedbStore {
         let txn = self.db.begin_write()?;
         {
             let mut nodes = txn.open_table(NODES)?;
-            let mut events = txn.open_table(EVENTS)?;
+            let mut events = txn.open_table(RUNS)?;
             let mut forks = txn.open_table(FORKS)?;
             let mut next_index = {
                 let cache = self.lock_cache();
@@ -105,9 +110,10 @@ impl RedbStore {
                 };
                 let ix = record.index;
                 let known = |seq: u64| -> Option<Digest> {
-                    let guard = events.get((ix, seq)).ok()??;
-                    let bytes = guard.value();
-                    bytes.first_chunk::<32>().map(|h| Digest(*h))
+                    let (first, row) = events.range((ix, 0)..=(ix, seq)).ok()?.next_back()?.ok()?;
+                    let run = run::Run::parse(row.value()).ok()?;
+                    let i = usize::try_from(seq - first.value().1).ok()?;
+                    run.entry(i).ok().map(|(hash, _)| hash)
                 };
                 let verdict = admit_batch(
                     &sub.node_id,
@@ -119,12 +125,9 @@ impl RedbStore {
                 );
                 match verdict {
                     Ok(ok) => {
-                        let mut value = Vec::new();
-                        for e in &sub.events[ok.first_new..] {
-                            value.clear();
-                            value.extend_from_slice(&e.hash.0);
-                            value.extend_from_slice(&e.bytes);
-                            events.insert((ix, e.event.seq), value.as_slice())?;
+                        for chunk in sub.events[ok.first_new..].chunks(run::MAX_RUN) {
+                            let first = chunk[0].event.seq;
+                            events.insert((ix, first), run::encode(chunk).as_slice())?;
                         }
                         let new_count = (sub.events.len() - ok.first_new) as u64;
                         let mut updated = record.clone();
@@ -242,25 +245,45 @@ impl EventStore for RedbStore {
             return Ok(Vec::new());
         };
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(EVENTS)?;
+        let table = txn.open_table(RUNS)?;
+        let from_seq = from_seq.max(1);
+        let corrupt = |seq, source| StoreError::Corrupt {
+            node: node_id.to_owned(),
+            seq,
+            source,
+        };
+        // The run holding `from_seq`, then the ones after it.
+        let start = table
+            .range((ix, 0)..=(ix, from_seq))?
+            .next_back()
+            .transpose()?
+            .map_or(from_seq, |(k, _)| k.value().1);
         let mut out = Vec::new();
-        for row in table
-            .range((ix, from_seq.max(1))..=(ix, u64::MAX))?
-            .take(max)
-        {
+        for row in table.range((ix, start)..=(ix, u64::MAX))? {
+            if out.len() >= max {
+                break;
+            }
             let (k, v) = row?;
-            let seq = k.value().1;
-            let bytes = v.value();
-            let corrupt = |source| StoreError::Corrupt {
-                node: node_id.to_owned(),
-                seq,
-                source,
-            };
-            let body = bytes
-                .get(32..)
-                .ok_or(corrupt(sx_common::codec::DecodeError::Truncated))?;
-            let sealed = SealedEvent::from_bytes(body.to_vec()).map_err(corrupt)?;
-            out.push(sealed);
+            let first = k.value().1;
+            let run = run::Run::parse(v.value()).map_err(|e| corrupt(first, e))?;
+            let skip = from_seq.saturating_sub(first) as usize;
+            for i in skip..run.len() {
+                if out.len() >= max {
+                    break;
+                }
+                let seq = first + i as u64;
+                let sealed = run.event(i).map_err(|e| corrupt(seq, e))?;
+                if sealed.event.seq != seq {
+                    return Err(corrupt(
+                        seq,
+                        sx_common::codec::DecodeError::Malformed(format!(
+                            "seq {} stored at {seq}",
+                            sealed.event.seq
+                        )),
+                    ));
+                }
+                out.push(sealed);
+            }
         }
         Ok(out)
     }
@@ -287,9 +310,8 @@ impl EventStore for RedbStore {
     }
 
     fn event_count(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(EVENTS)?;
-        Ok(table.len()?)
+        // Every stream holds 1..=head without gaps.
+        Ok(self.lock_cache().values().map(|r| r.head.seq).sum())
     }
 
     fn append_desired(
@@ -336,5 +358,200 @@ impl EventStore for RedbStore {
             out.push(change);
         }
         Ok(out)
+    }
+}
+
+/// Converts a store of the one-row-per-event layout to runs, in one
+/// transaction (nothing changes if it fails).
+fn convert_v1(db: &Database) -> Result<(), StoreError> {
+    use redb::TableHandle;
+    let txn = db.begin_write()?;
+    if !txn.list_tables()?.any(|t| t.name() == EVENTS_V1.name()) {
+        return Ok(());
+    }
+    {
+        let old = txn.open_table(EVENTS_V1)?;
+        let mut runs = txn.open_table(RUNS)?;
+        // The run being gathered: node index and its consecutive events.
+        let mut run_ix = 0;
+        let mut pending: Vec<SealedEvent> = Vec::new();
+        for row in old.iter()? {
+            let (k, v) = row?;
+            let (ix, seq) = k.value();
+            let corrupt = |source| StoreError::Corrupt {
+                node: format!("(index {ix})"),
+                seq,
+                source,
+            };
+            let body = v
+                .value()
+                .get(32..)
+                .ok_or(corrupt(sx_common::codec::DecodeError::Truncated))?;
+            let sealed = SealedEvent::from_bytes(body.to_vec()).map_err(corrupt)?;
+            let continues = run_ix == ix
+                && pending.last().is_some_and(|e| e.event.seq + 1 == seq)
+                && pending.len() < run::MAX_RUN;
+            if !continues && !pending.is_empty() {
+                let first = pending[0].event.seq;
+                runs.insert((run_ix, first), run::encode(&pending).as_slice())?;
+                pending.clear();
+            }
+            run_ix = ix;
+            pending.push(sealed);
+        }
+        if let Some(first) = pending.first() {
+            runs.insert((run_ix, first.event.seq), run::encode(&pending).as_slice())?;
+        }
+    }
+    txn.delete_table(EVENTS_V1)?;
+    txn.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+    use sx_common::event::{EventPayload, OperationalTransition, SyncPath};
+    use sx_common::model::OperationalState;
+    use sx_common::time::Timestamp;
+
+    const NODE: &str = "sx-relais-2026-b1-node-00007";
+
+    fn stream(from: ChainHead, n: usize) -> Vec<SealedEvent> {
+        sx_common::testing::seal_stream(
+            NODE,
+            from,
+            (0..n).map(|i| {
+                (
+                    Timestamp(1_000 + i as i64),
+                    EventPayload::OperationalTransition(OperationalTransition {
+                        from: OperationalState::InService,
+                        to: OperationalState::InService,
+                        reason: Some(format!("r{i}")),
+                    }),
+                )
+            }),
+        )
+    }
+
+    fn submission(key: &SigningKey, events: Vec<SealedEvent>) -> Submission {
+        let checkpoint = sx_common::testing::checkpoint(key, &events).expect("events");
+        Submission {
+            node_id: NODE.into(),
+            key: key.verifying_key(),
+            cert_fingerprint: "fp".into(),
+            events,
+            checkpoint,
+            via: SyncPath::Quic,
+            received_at: Timestamp(5_000),
+        }
+    }
+
+    #[test]
+    fn reads_cross_runs_and_duplicates_are_checked_inside_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RedbStore::open(dir.path().join("s.redb")).expect("open");
+        let key = SigningKey::from_bytes(&[3; 32]);
+        // 2,500 events in one submission: three runs (1024, 1024, 452).
+        let events = stream(ChainHead::default(), 2_500);
+        let v = store
+            .append(&[submission(&key, events.clone())])
+            .expect("append");
+        assert_eq!(v[0].as_ref().map(|a| a.new_count), Ok(2_500));
+        assert_eq!(store.event_count().expect("count"), 2_500);
+        for (from, max) in [
+            (1, 10_000),
+            (1_000, 100),
+            (1_024, 2),
+            (1_025, 1),
+            (2_500, 9),
+        ] {
+            let got = store.read(NODE, from, max).expect("read");
+            let want: Vec<_> = events[from as usize - 1..]
+                .iter()
+                .take(max)
+                .cloned()
+                .collect();
+            assert_eq!(got, want, "read from {from}, max {max}");
+        }
+        assert!(store.read(NODE, 2_501, 10).expect("read").is_empty());
+        // Resending a range that straddles two runs is a duplicate...
+        let again = submission(&key, events[1_000..1_100].to_vec());
+        let v = store.append(&[again]).expect("append");
+        assert_eq!(v[0].as_ref().map(|a| a.new_count), Ok(0));
+        // ...and a different event at a stored seq inside a run is a fork.
+        let mut forked = stream(
+            ChainHead {
+                seq: 1_499,
+                hash: events[1_498].hash,
+            },
+            1,
+        );
+        forked[0] = SealedEvent::seal(sx_common::Event {
+            payload: EventPayload::OperationalTransition(OperationalTransition {
+                from: OperationalState::InService,
+                to: OperationalState::Degraded,
+                reason: None,
+            }),
+            ..forked[0].event.clone()
+        });
+        let v = store.append(&[submission(&key, forked)]).expect("append");
+        assert!(
+            matches!(
+                v[0],
+                Err(Rejection::Invalid(VerifyError::Fork { seq: 1_500, .. }))
+            ),
+            "{:?}",
+            v[0]
+        );
+        assert_eq!(store.read(NODE, 1, 10_000).expect("read"), events);
+    }
+
+    #[test]
+    fn a_store_of_one_row_per_event_is_converted_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("old.redb");
+        let events = stream(ChainHead::default(), 1_500);
+        let last = events.last().expect("events");
+        {
+            // What an older build wrote.
+            let db = Database::create(&path).expect("create");
+            let txn = db.begin_write().expect("txn");
+            {
+                let mut nodes = txn.open_table(NODES).expect("nodes");
+                let record = NodeRecord {
+                    node_id: NODE.into(),
+                    head: ChainHead {
+                        seq: last.event.seq,
+                        hash: last.hash,
+                    },
+                    first_seen: Timestamp(1),
+                    last_sync: None,
+                    last_sync_via: None,
+                    cert_fingerprint: "fp".into(),
+                    public_key: Digest([0; 32]),
+                    index: 0,
+                };
+                nodes
+                    .insert(NODE, encode_record(&record).as_slice())
+                    .expect("insert");
+                let mut rows = txn.open_table(EVENTS_V1).expect("events");
+                for e in &events {
+                    let mut value = e.hash.0.to_vec();
+                    value.extend_from_slice(&e.bytes);
+                    rows.insert((0, e.event.seq), value.as_slice())
+                        .expect("insert");
+                }
+            }
+            txn.commit().expect("commit");
+        }
+        let store = RedbStore::open(&path).expect("open converts");
+        assert_eq!(store.read(NODE, 1, 10_000).expect("read"), events);
+        assert_eq!(store.event_count().expect("count"), 1_500);
+        drop(store);
+        // Converted once: the old table is gone, reopening is plain.
+        let store = RedbStore::open(&path).expect("reopen");
+        assert_eq!(store.read(NODE, 700, 3).expect("read"), events[699..702]);
     }
 }
