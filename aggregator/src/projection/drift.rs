@@ -346,8 +346,9 @@ const COMPLIANCE_LIMIT: f64 = 1_099_511_627_776.0;
 /// already converted to its fixed-point term.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct DriftMember {
-    /// In units of 2^-64; zero without a compliance score.
-    compliance_term: i128,
+    /// In units of 2^-64; zero without a compliance score. As two words
+    /// (high first), so a member is aligned to 8 bytes, not 16.
+    compliance_term: [u64; 2],
     compliance: f64,
     stale_by: Span,
     drift_score: u32,
@@ -364,7 +365,11 @@ impl DriftMember {
         // most 2^104, no sum of fewer than 2^23 members overflows.
         let term = (c.clamp(-COMPLIANCE_LIMIT, COMPLIANCE_LIMIT) * FIXED_POINT) as i128;
         DriftMember {
-            compliance_term: if has { term } else { 0 },
+            compliance_term: if has {
+                [(term >> 64) as u64, term as u64]
+            } else {
+                [0, 0]
+            },
             compliance: c,
             stale_by: s.stale_by,
             drift_score: s.drift_score,
@@ -452,7 +457,8 @@ impl<K: Ord + Copy> DriftGroups<K> {
         let c = &mut self.counters[g];
         c.by_severity[m.severity as usize] += 1;
         c.buckets[bucket(m.drift_score)] += 1;
-        c.compliance_sum += m.compliance_term;
+        let [high, low] = m.compliance_term;
+        c.compliance_sum += (i128::from(high as i64) << 64) | i128::from(low);
         if m.has_compliance {
             c.compliance_min = if c.compliance_count == 0 {
                 m.compliance

@@ -52,7 +52,7 @@ struct Vertex {
     zone: Arc<str>,
     /// Functional clusters the node declared (region and zone clusters are
     /// derived from `region` and `zone`).
-    functional: Box<[Arc<str>]>,
+    functional: Arc<[Arc<str>]>,
     trust_domain: Option<Arc<str>>,
 }
 
@@ -64,7 +64,7 @@ impl Vertex {
             component: empty.clone(),
             region: empty.clone(),
             zone: empty.clone(),
-            functional: Box::new([]),
+            functional: Arc::from(Vec::new()),
             trust_domain: None,
         }
     }
@@ -130,6 +130,8 @@ pub struct FleetGraph {
     trust_domains: BTreeMap<Arc<str>, BTreeSet<NodeIndex>>,
     /// Group and attribute names, shared between vertices.
     names: HashSet<Arc<str>>,
+    /// Lists of declared clusters, shared between vertices.
+    cluster_lists: HashSet<Arc<[Arc<str>]>>,
 }
 
 /// Which way an edge runs, seen from the node asked about.
@@ -453,12 +455,20 @@ impl FleetGraph {
         let component = self.intern(&twin.identity.component_type);
         let region = self.intern(&twin.identity.region);
         let zone = self.intern(&twin.identity.zone);
-        let functional: Box<[Arc<str>]> = twin
+        let functional: Vec<Arc<str>> = twin
             .topology
             .clusters
             .iter()
             .map(|c| self.intern(c))
             .collect();
+        let functional = match self.cluster_lists.get(functional.as_slice()) {
+            Some(list) => list.clone(),
+            None => {
+                let list: Arc<[Arc<str>]> = Arc::from(functional);
+                self.cluster_lists.insert(list.clone());
+                list
+            }
+        };
         let trust_domain = domain.map(|d| self.intern(d));
         let v = &mut self.graph[ix];
         v.reported = true;

@@ -4,7 +4,7 @@
 //! [`ProjectionEngine`] is pure: events and the desired state in, views out;
 //! no store, no clock. Per node it keeps the twin (current state), its
 //! drift summary (the full analysis is computed on request), the recent
-//! connectivity ledger ([`recent_ledger`], kept encoded) and the trust
+//! connectivity ledger and certificate rotations (kept encoded, [`encoded`]) and the trust
 //! history, remembering the last seq applied, so the engine updates
 //! incrementally after each commit and a rebuild from the store yields the
 //! same engine (invariant 4 of DESIGN.md). A committed run of events costs
@@ -17,15 +17,15 @@
 //! snapshots it, and streams updates to subscribers.
 
 pub mod drift;
+pub mod encoded;
 pub mod graph;
-pub mod recent_ledger;
 mod rows;
 pub mod service;
 pub mod trust;
 pub mod views;
 
 use drift::{DriftAnalysis, DriftSummary};
-pub use recent_ledger::{LEDGER_IN_MEMORY, RecentLedger};
+pub use encoded::{LEDGER_IN_MEMORY, RecentLedger};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
@@ -74,13 +74,13 @@ pub struct NodeChange {
     pub event_types: Vec<String>,
 }
 
-/// A node's view (boxed: it is large, and the entries are moved as the
-/// vector grows) and the desired state resolved for its place, shared
+/// A node's view (inline: a box would cost a pointer and an allocation
+/// header per node) and the desired state resolved for its place, shared
 /// with every node resolving to the same (`None`: to resolve on the next
 /// apply).
 #[derive(Clone, Debug)]
 struct NodeEntry {
-    view: Box<NodeView>,
+    view: NodeView,
     desired: Option<Arc<DesiredStateLearned>>,
 }
 
@@ -176,10 +176,10 @@ impl ProjectionEngine {
         if existing.is_none() && first.seq != 1 {
             return None;
         }
-        let mut fresh: Option<Box<NodeView>> = None;
+        let mut fresh: Option<NodeView> = None;
         let view: &mut NodeView = match existing {
             Some(row) => &mut self.nodes[row as usize].view,
-            None => fresh.insert(Box::default()),
+            None => fresh.insert(NodeView::default()),
         };
         let mut placement = existing.is_none();
         let mut ledger: Vec<LedgerEntry> = Vec::new();
@@ -209,7 +209,7 @@ impl ProjectionEngine {
             return None;
         }
         fold::derive(&mut view.twin);
-        view.recent_ledger.extend(ledger);
+        view.recent_ledger.extend(ledger, LEDGER_IN_MEMORY);
         // The lineage grows by push; keep no spare capacity per twin.
         view.twin.trust.sbom_lineage.shrink_to_fit();
         if placement {
@@ -232,7 +232,7 @@ impl ProjectionEngine {
             }
         };
         let entry = &mut self.nodes[row as usize];
-        let view = &mut *entry.view;
+        let view = &mut entry.view;
         let desired = match &entry.desired {
             Some(d) if !placement => d.clone(),
             _ => {
@@ -262,7 +262,7 @@ impl ProjectionEngine {
         self.desired_seq = change.seq;
         self.resolved.clear();
         for (row, entry) in self.nodes.iter_mut().enumerate() {
-            let view = &mut *entry.view;
+            let view = &mut entry.view;
             let desired = resolve(&mut self.resolved, &self.desired, &view.twin);
             view.summary = drift::summarize_against(&view.twin, &desired, &self.desired);
             entry.desired = Some(desired);
@@ -297,7 +297,7 @@ impl ProjectionEngine {
     /// Every node, in node id order.
     pub fn nodes(&self) -> impl Iterator<Item = (&String, &NodeView)> {
         self.order().iter().map(|row| {
-            let view = &*self.nodes[*row as usize].view;
+            let view = &self.nodes[*row as usize].view;
             // The twin's id is the node's: every event folded in names it.
             (&view.twin.identity.immutable_id, view)
         })
@@ -305,7 +305,7 @@ impl ProjectionEngine {
 
     /// The view of a row of the fleet table.
     pub(crate) fn view_at(&self, row: u32) -> Option<&NodeView> {
-        self.nodes.get(row as usize).map(|e| &*e.view)
+        self.nodes.get(row as usize).map(|e| &e.view)
     }
 
     /// The fleet table the group views scan.
@@ -390,7 +390,7 @@ impl ProjectionEngine {
     /// seq; derived data rebuilt. `None` if a node appears twice or a
     /// view's twin names another node.
     fn from_parts(
-        views: Vec<(String, Box<NodeView>)>,
+        views: Vec<(String, NodeView)>,
         desired: DesiredSpec,
         desired_seq: u64,
     ) -> Option<Self> {
@@ -448,9 +448,8 @@ mod snapshot {
         }
     }
 
-    /// The views, each boxed as it is decoded (no intermediate vector of
-    /// large inline views).
-    struct Views(Vec<(String, Box<NodeView>)>);
+    /// The views, in snapshot order.
+    struct Views(Vec<(String, NodeView)>);
 
     impl<'de> Deserialize<'de> for Views {
         fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -462,8 +461,8 @@ mod snapshot {
                 }
                 fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Views, A::Error> {
                     let mut out = Vec::new();
-                    while let Some((node, view)) = seq.next_element::<(String, NodeView)>()? {
-                        out.push((node, Box::new(view)));
+                    while let Some(entry) = seq.next_element::<(String, NodeView)>()? {
+                        out.push(entry);
                     }
                     Ok(Views(out))
                 }

@@ -31,6 +31,7 @@
 use super::NodeView;
 use super::ProjectionEngine;
 use super::drift::Severity;
+use super::encoded::EncodedList;
 use crate::server::Refusal;
 use crate::store::{ForkEvidence, NodeRecord};
 use serde::{Deserialize, Serialize};
@@ -47,8 +48,9 @@ pub const ROTATIONS_IN_MEMORY: usize = 16;
 /// holds the latest of each).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrustHistory {
-    /// The most recent rotations, oldest first.
-    pub rotations: Vec<Rotation>,
+    /// The most recent rotations, oldest first (kept encoded: rare, and
+    /// read only for the trust index).
+    pub rotations: EncodedList<Rotation>,
     /// When an attestation last came out verified.
     pub last_verified: Option<Timestamp>,
     /// The last failed attestation, if any.
@@ -78,18 +80,14 @@ impl TrustHistory {
     pub fn apply(&mut self, event: &Event) {
         match &event.payload {
             EventPayload::CertificateRotated(r) => {
-                // Rotations are rare: grow exactly, no spare capacity.
-                self.rotations.reserve_exact(1);
-                self.rotations.push(Rotation {
+                let rotation = Rotation {
                     at: event.timestamp,
                     seq: event.seq,
                     old_fingerprint: r.old_fingerprint.clone(),
                     new_fingerprint: r.new_fingerprint.clone(),
                     new_valid_until: r.new_valid_until,
-                });
-                if self.rotations.len() > ROTATIONS_IN_MEMORY {
-                    self.rotations.remove(0);
-                }
+                };
+                self.rotations.extend(vec![rotation], ROTATIONS_IN_MEMORY);
             }
             EventPayload::AttestationPerformed(a) => match a.result {
                 AttestationState::Verified => self.last_verified = Some(event.timestamp),
@@ -461,7 +459,7 @@ pub fn index(
             .map(|c| certificate_status(c, policy, now))
             .collect(),
         ingest_fingerprint: record.map(|r| r.cert_fingerprint.clone()),
-        rotations: view.trust.rotations.clone(),
+        rotations: view.trust.rotations.entries(),
         sbom_lineage: trust.sbom_lineage.clone(),
         attestation: AttestationView {
             last_verified: view.trust.last_verified,

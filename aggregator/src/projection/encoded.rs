@@ -1,13 +1,16 @@
-//! The connectivity ledger rows a node keeps in memory, kept encoded.
+//! Small per-node lists kept encoded: the connectivity ledger rows a node
+//! keeps in memory ([`RecentLedger`]) and its certificate rotations.
 //!
-//! A decoded [`LedgerEntry`] takes ~90 bytes (plus its reason string);
-//! encoded with postcard a row takes ~15. The rows are read rarely (one
-//! node's ledger on request) and written in runs (a committed batch), so
-//! [`RecentLedger`] keeps them as one exact-size byte string and decodes on
+//! A decoded [`LedgerEntry`] takes ~90 bytes (plus its reason string), a
+//! rotation ~70 plus two strings; encoded with postcard a row takes 15 to
+//! 40 bytes. The lists are read rarely (one node's ledger or trust index
+//! on request) and written in runs (a committed batch), so
+//! [`EncodedList`] keeps them as one exact-size byte string and decodes on
 //! read; the engine appends a whole run at once.
 
-use serde::de::Error as _;
+use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::marker::PhantomData;
 use sx_common::ledger::LedgerEntry;
 
 /// How many ledger rows a node keeps in memory (older ones stay in the
@@ -15,16 +18,30 @@ use sx_common::ledger::LedgerEntry;
 pub const LEDGER_IN_MEMORY: usize = 8;
 
 /// A node's most recent ledger rows (at most [`LEDGER_IN_MEMORY`]), oldest
-/// first. In JSON, the list of rows; in binary formats, their encoding.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RecentLedger {
-    /// Postcard encoding of a `Vec<LedgerEntry>`; empty for no rows.
+/// first.
+pub type RecentLedger = EncodedList<LedgerEntry>;
+
+/// A short list, oldest first, kept as its postcard encoding. In JSON, the
+/// list; in binary formats, the encoding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedList<T> {
+    /// Postcard encoding of a `Vec<T>`; empty for no rows.
     encoded: Box<[u8]>,
+    rows: PhantomData<fn() -> T>,
 }
 
-impl RecentLedger {
+impl<T> Default for EncodedList<T> {
+    fn default() -> Self {
+        EncodedList {
+            encoded: Box::default(),
+            rows: PhantomData,
+        }
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> EncodedList<T> {
     /// The rows, oldest first.
-    pub fn entries(&self) -> Vec<LedgerEntry> {
+    pub fn entries(&self) -> Vec<T> {
         if self.encoded.is_empty() {
             return Vec::new();
         }
@@ -36,35 +53,36 @@ impl RecentLedger {
         self.encoded.is_empty()
     }
 
-    /// Appends rows (oldest first), keeping the last [`LEDGER_IN_MEMORY`].
-    pub fn extend(&mut self, rows: Vec<LedgerEntry>) {
+    /// Appends rows (oldest first), keeping the last `keep`.
+    pub fn extend(&mut self, rows: Vec<T>, keep: usize) {
         if rows.is_empty() {
             return;
         }
-        let mut all = if rows.len() >= LEDGER_IN_MEMORY {
+        let mut all = if rows.len() >= keep {
             Vec::new()
         } else {
             self.entries()
         };
         all.extend(rows);
-        let excess = all.len().saturating_sub(LEDGER_IN_MEMORY);
+        let excess = all.len().saturating_sub(keep);
         all.drain(..excess);
-        *self = RecentLedger::from_entries(&all);
+        *self = EncodedList::from_entries(&all);
     }
 
-    fn from_entries(entries: &[LedgerEntry]) -> Self {
+    fn from_entries(entries: &[T]) -> Self {
         let encoded = if entries.is_empty() {
             Vec::new()
         } else {
             postcard::to_allocvec(entries).unwrap_or_default()
         };
-        RecentLedger {
+        EncodedList {
             encoded: encoded.into_boxed_slice(),
+            rows: PhantomData,
         }
     }
 }
 
-impl Serialize for RecentLedger {
+impl<T: Serialize + DeserializeOwned> Serialize for EncodedList<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         if serializer.is_human_readable() {
             self.entries().serialize(serializer)
@@ -74,27 +92,24 @@ impl Serialize for RecentLedger {
     }
 }
 
-impl<'de> Deserialize<'de> for RecentLedger {
+impl<'de, T: Serialize + DeserializeOwned> Deserialize<'de> for EncodedList<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let entries: Vec<LedgerEntry> = if deserializer.is_human_readable() {
+        let entries: Vec<T> = if deserializer.is_human_readable() {
             Vec::deserialize(deserializer)?
         } else {
-            let bytes: Vec<u8> = serde_bytes_vec(deserializer)?;
+            let bytes: Vec<u8> = byte_string(deserializer)?;
             if bytes.is_empty() {
                 Vec::new()
             } else {
                 postcard::from_bytes(&bytes).map_err(D::Error::custom)?
             }
         };
-        if entries.len() > LEDGER_IN_MEMORY {
-            return Err(D::Error::custom("too many recent ledger rows"));
-        }
-        Ok(RecentLedger::from_entries(&entries))
+        Ok(EncodedList::from_entries(&entries))
     }
 }
 
 /// A byte string, as [`Serializer::serialize_bytes`] wrote it.
-fn serde_bytes_vec<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+fn byte_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
     struct Bytes;
     impl<'de> serde::de::Visitor<'de> for Bytes {
         type Value = Vec<u8>;
@@ -135,19 +150,19 @@ mod tests {
         for run in [1, 3, 8, 11] {
             let mut ledger = RecentLedger::default();
             for chunk in all.chunks(run) {
-                ledger.extend(chunk.to_vec());
+                ledger.extend(chunk.to_vec(), LEDGER_IN_MEMORY);
             }
             assert_eq!(ledger.entries(), all[20 - LEDGER_IN_MEMORY..].to_vec());
         }
         let mut short = RecentLedger::default();
-        short.extend(all[..3].to_vec());
+        short.extend(all[..3].to_vec(), LEDGER_IN_MEMORY);
         assert_eq!(short.entries(), all[..3].to_vec());
     }
 
     #[test]
     fn round_trips_through_postcard_and_json() {
         let mut ledger = RecentLedger::default();
-        ledger.extend((1..=9).map(row).collect());
+        ledger.extend((1..=9).map(row).collect(), LEDGER_IN_MEMORY);
         let bytes = postcard::to_allocvec(&ledger).expect("encode");
         assert_eq!(
             postcard::from_bytes::<RecentLedger>(&bytes),
