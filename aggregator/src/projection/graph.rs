@@ -38,6 +38,16 @@ use std::sync::Arc;
 use sx_common::model::{ConnectivityState, DigitalTwin, LifecyclePhase, LinkType, PeerLink};
 use sx_common::time::{Span, Timestamp};
 
+/// What the index holds per node id: its vertex, and the engine's row of
+/// the node (`NO_ROW` for a peer the engine does not hold).
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    vertex: NodeIndex,
+    row: u32,
+}
+
+const NO_ROW: u32 = u32::MAX;
+
 /// A set of vertices (petgraph's visit map of the graph: a bit set).
 type Marks = <StableDiGraph<Vertex, LinkType> as Visitable>::Map;
 
@@ -124,7 +134,7 @@ pub fn changes_placement(payload: &sx_common::event::EventPayload) -> bool {
 #[derive(Clone, Debug, Default)]
 pub struct FleetGraph {
     graph: StableDiGraph<Vertex, LinkType>,
-    index: HashMap<Arc<str>, NodeIndex>,
+    index: HashMap<Arc<str>, Slot>,
     clusters: BTreeMap<Arc<str>, BTreeSet<NodeIndex>>,
     zones: BTreeMap<Arc<str>, BTreeSet<NodeIndex>>,
     trust_domains: BTreeMap<Arc<str>, BTreeSet<NodeIndex>>,
@@ -231,11 +241,25 @@ impl FleetGraph {
         self.index.get_key_value(node).map(|(k, _)| k.clone())
     }
 
+    /// The engine's row of a node (see [`set_row`](Self::set_row)).
+    pub(crate) fn row(&self, node: &str) -> Option<u32> {
+        Some(self.index.get(node)?.row).filter(|r| *r != NO_ROW)
+    }
+
+    /// Records the engine's row of a node the graph holds (every twin is a
+    /// vertex, and stays one), so the engine needs no index of its own:
+    /// the row sits in the padding of the graph's index slot.
+    pub(crate) fn set_row(&mut self, node: &str, row: u32) {
+        if let Some(slot) = self.index.get_mut(node) {
+            slot.row = row;
+        }
+    }
+
     /// A node's neighbours, both directions, optionally of one link type;
     /// `None` for a node the graph does not know. Sorted by node, type and
     /// direction.
     pub fn neighbours(&self, node: &str, link_type: Option<LinkType>) -> Option<Vec<Neighbour>> {
-        let ix = *self.index.get(node)?;
+        let ix = self.index.get(node)?.vertex;
         let mut out = Vec::new();
         for (dir, direction) in [
             (Direction::Outgoing, LinkDirection::Outgoing),
@@ -440,13 +464,19 @@ impl FleetGraph {
 
     /// The vertex of `id`, created as a placeholder if unknown.
     fn vertex(&mut self, id: &str) -> NodeIndex {
-        if let Some(ix) = self.index.get(id) {
-            return *ix;
+        if let Some(slot) = self.index.get(id) {
+            return slot.vertex;
         }
         let id: Arc<str> = Arc::from(id);
         let empty = self.intern("");
         let ix = self.graph.add_node(Vertex::placeholder(id.clone(), &empty));
-        self.index.insert(id, ix);
+        self.index.insert(
+            id,
+            Slot {
+                vertex: ix,
+                row: NO_ROW,
+            },
+        );
         ix
     }
 
@@ -578,14 +608,14 @@ impl FleetGraph {
         let mut dark = self.graph.visit_map();
         match outage {
             Outage::Node(n) => {
-                if let Some(ix) = self.index.get(n.as_str()) {
-                    dark.visit(*ix);
+                if let Some(slot) = self.index.get(n.as_str()) {
+                    dark.visit(slot.vertex);
                 }
             }
             Outage::Nodes(ns) => {
                 for n in ns {
-                    if let Some(ix) = self.index.get(n.as_str()) {
-                        dark.visit(*ix);
+                    if let Some(slot) = self.index.get(n.as_str()) {
+                        dark.visit(slot.vertex);
                     }
                 }
             }

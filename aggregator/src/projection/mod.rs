@@ -98,10 +98,9 @@ const SNAPSHOT_FORMAT: [u8; 8] = *b"sxproj\x00\x02";
 /// (rows and graph compared by content, not by interned ids or indices).
 #[derive(Clone, Debug, Default)]
 pub struct ProjectionEngine {
-    /// By row.
+    /// By row. A node's row is found through the graph's index
+    /// ([`graph::FleetGraph::row`]): every node is a vertex.
     nodes: Vec<NodeEntry>,
-    /// Node id to row; the ids are shared with the graph and the table.
-    index: HashMap<Arc<str>, u32>,
     desired: DesiredSpec,
     /// Seq of the last desired-state change applied.
     desired_seq: u64,
@@ -172,7 +171,7 @@ impl ProjectionEngine {
         let node = first.node_id.as_str();
         // Only a stream's first event creates a node: a batch that starts
         // past a gap must not leave an empty view behind.
-        let existing = self.index.get(node).copied();
+        let existing = self.graph.row(node);
         if existing.is_none() && first.seq != 1 {
             return None;
         }
@@ -220,7 +219,7 @@ impl ProjectionEngine {
             None => {
                 let row = self.nodes.len() as u32;
                 let id = self.graph.shared_id(node).unwrap_or_else(|| node.into());
-                self.index.insert(id.clone(), row);
+                self.graph.set_row(node, row);
                 self.table.add(id);
                 self.nodes.push(NodeEntry {
                     view: fresh.take().unwrap_or_default(),
@@ -284,7 +283,7 @@ impl ProjectionEngine {
     }
 
     pub fn node(&self, node: &str) -> Option<&NodeView> {
-        let row = *self.index.get(node)?;
+        let row = self.graph.row(node)?;
         Some(&self.nodes[row as usize].view)
     }
 
@@ -343,14 +342,14 @@ impl ProjectionEngine {
     /// Not an event: kept apart from the twin, never snapshotted, never part
     /// of equality. Ignored for a node the engine does not hold.
     pub fn observe(&mut self, node: &str, observed: views::Observed) {
-        if let Some(row) = self.index.get(node) {
-            self.table.observe(*row, observed);
+        if let Some(row) = self.graph.row(node) {
+            self.table.observe(row, observed);
         }
     }
 
     /// The last observation recorded with [`observe`](Self::observe).
     pub fn observed(&self, node: &str) -> Option<&views::Observed> {
-        self.table.observed(*self.index.get(node)?)
+        self.table.observed(self.graph.row(node)?)
     }
 
     pub fn len(&self) -> usize {
@@ -402,7 +401,7 @@ impl ProjectionEngine {
         engine.graph =
             graph::FleetGraph::from_twins(views.iter().map(|(id, v)| (id.as_str(), &v.twin)));
         for (node, view) in views {
-            if view.twin.identity.immutable_id != node || engine.index.contains_key(&*node) {
+            if view.twin.identity.immutable_id != node || engine.graph.row(&node).is_some() {
                 return None;
             }
             let row = engine.nodes.len() as u32;
@@ -410,7 +409,7 @@ impl ProjectionEngine {
                 .graph
                 .shared_id(&node)
                 .unwrap_or_else(|| node.as_str().into());
-            engine.index.insert(id.clone(), row);
+            engine.graph.set_row(&node, row);
             engine.table.add(id);
             engine.table.update(row, &view, true);
             engine.nodes.push(NodeEntry {
