@@ -148,7 +148,10 @@ pub async fn run(
         .await
         .with_context(|| format!("binding the API on {}", config.aggregator.api_listen))?;
     let api_addr = api_listener.local_addr()?;
-    let follower = projections.clone().follow(&ingest);
+    let follower = config
+        .ingest
+        .live_projections
+        .then(|| projections.clone().follow(&ingest));
     let shared = Arc::new(Shared {
         config,
         store,
@@ -183,7 +186,9 @@ pub async fn run(
     // shutdown wait tens of seconds. RFC 9000 §10.2 lets an endpoint that
     // closes its socket end draining early.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
-    follower.abort();
+    if let Some(follower) = follower {
+        follower.abort();
+    }
     projections
         .catch_up()
         .context("final projection catch-up")?;
@@ -401,7 +406,8 @@ async fn drive_session(
     let mut session = AggregatorSession::new(cfg, node, Timestamp::now());
     let (tx, mut rx) = mpsc::channel(64);
     let reader = tokio::spawn(read_frames(recv, tx));
-    let mut pending: VecDeque<oneshot::Receiver<Verdict>> = VecDeque::new();
+    let mut pending: VecDeque<(oneshot::Receiver<Verdict>, Option<sx_common::ChainHead>)> =
+        VecDeque::new();
     let mut out = Vec::new();
     let mut refusal = None;
     let result = loop {
@@ -425,14 +431,12 @@ async fn drive_session(
                     }
                 }
                 AggregatorEvent::Submit { events, checkpoint } => {
-                    if let Some(last) = events.last() {
-                        let head = sx_common::ChainHead {
-                            seq: last.event.seq,
-                            hash: last.hash,
-                        };
-                        let acked = session.durable().seq;
-                        shared.sync.agent_head(node, head, acked, Timestamp::now());
-                    }
+                    // The head the batch shows is the agent's word only once
+                    // the batch verified: recorded with the verdict.
+                    let head = events.last().map(|last| sx_common::ChainHead {
+                        seq: last.event.seq,
+                        hash: last.hash,
+                    });
                     let sub = Submission {
                         node_id: node.to_owned(),
                         key: identity.key,
@@ -443,7 +447,7 @@ async fn drive_session(
                         received_at: Timestamp::now(),
                     };
                     match shared.ingest.submit(sub).await {
-                        Ok(rx) => pending.push_back(rx),
+                        Ok(rx) => pending.push_back((rx, head)),
                         Err(e) => session.rejected(Rejection::Internal(e.to_string())),
                     }
                 }
@@ -488,10 +492,13 @@ async fn drive_session(
                 Some(Err(e)) => session.handle_decode_error(&e),
                 None => break None,
             },
-            verdict = async { pending.front_mut().expect("guarded").await }, if !pending.is_empty() => {
-                pending.pop_front();
+            verdict = async { (&mut pending.front_mut().expect("guarded").0).await }, if !pending.is_empty() => {
+                let shown = pending.pop_front().and_then(|(_, head)| head);
                 match verdict {
                     Ok(Ok(admitted)) => {
+                        if let Some(head) = shown {
+                            shared.sync.agent_head(node, head, admitted.head.seq, Timestamp::now());
+                        }
                         shared.sync.acked(node, admitted.head.seq);
                         session.committed(admitted.head)
                     }

@@ -11,7 +11,10 @@
 //! - `idle`: 1,000 idle connected agents heartbeating for 30 s.
 //!
 //! Baseline in the same run: raw redb durable inserts of the same bytes in
-//! transactions of 1000.
+//! transactions of 1000, measured before and after each scenario.
+//! `SX_BENCH_PROJECTIONS=off` runs the aggregator without live projections
+//! (their cost is the difference); `SX_BENCH_WINDOW` / `SX_BENCH_BATCH`
+//! override the agent's window and batch size.
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -40,22 +43,39 @@ fn main() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let pki = Pki::init(tmp.path().join("pki"), &CaOptions::default())?;
     pki.issue_aggregator(&AggregatorRequest::new("agg-bench", "region-a"))?;
-    let raw = raw_redb_baseline(tmp.path(), 200_000)?;
-    println!("raw redb durable inserts, 1000/txn: {raw:.0} events/s");
+    // The baseline is measured right before and right after each scenario
+    // (the machine is shared: its speed drifts); ratios are against the
+    // mean of the two.
+    let mut raw_runs = 0;
+    let mut raw = |label: &str| -> Result<f64> {
+        raw_runs += 1;
+        let dir = tmp.path().join(format!("raw-{raw_runs}"));
+        std::fs::create_dir_all(&dir)?;
+        let r = raw_redb_baseline(&dir, 200_000)?;
+        println!("raw redb durable inserts, 1000/txn ({label}): {r:.0} events/s");
+        Ok(r)
+    };
     if which.contains("one") {
+        let before = raw("before one")?;
         let rate = scenario(&pki, tmp.path(), "one", 1, events)?;
+        let after = raw("after one")?;
+        let base = (before + after) / 2.0;
         println!(
-            "one agent, {events} events: {:.0} events/s end to end ({:.2} of raw redb)",
+            "one agent, {events} events: {:.0} events/s end to end ({:.2} of raw redb at {base:.0})",
             rate.events_per_s,
-            rate.events_per_s / raw
+            rate.events_per_s / base
         );
         println!("  aggregator peak RSS {} MiB", rate.peak_rss_kib / 1024);
     }
     if which.contains("many") {
+        let before = raw("before many")?;
         let rate = scenario(&pki, tmp.path(), "many", 100, 10_000)?;
+        let after = raw("after many")?;
+        let base = (before + after) / 2.0;
         println!(
-            "100 agents x 10000 events: {:.0} events/s aggregate, aggregator peak RSS {} MiB",
+            "100 agents x 10000 events: {:.0} events/s aggregate ({:.2} of raw redb at {base:.0}), aggregator peak RSS {} MiB",
             rate.events_per_s,
+            rate.events_per_s / base,
             rate.peak_rss_kib / 1024
         );
     }
@@ -186,6 +206,9 @@ fn aggregator_child(args: &[String]) -> Result<()> {
     config.aggregator.listen = ([127, 0, 0, 1], quic).into();
     config.aggregator.api_listen = ([127, 0, 0, 1], api).into();
     config.tls.pki_dir = Some(pki);
+    // SX_BENCH_PROJECTIONS=off: ingest alone, to measure what the live
+    // projections cost the sync rate.
+    config.ingest.live_projections = std::env::var("SX_BENCH_PROJECTIONS").as_deref() != Ok("off");
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(sx_aggregator::server::run(
         config,
