@@ -64,78 +64,46 @@ fn main() {
     );
     let tmp = tempfile::tempdir().expect("tempdir");
 
-    // Baseline: raw redb, same (node index, seq) keys and stored values.
-    let raw = {
-        const T: redb::TableDefinition<(u32, u64), &[u8]> = redb::TableDefinition::new("raw");
-        let db = redb::Database::create(tmp.path().join("raw.redb")).expect("raw db");
-        let t = Instant::now();
-        let mut value = Vec::new();
-        for b in &batches {
-            let txn = db.begin_write().expect("txn");
-            {
-                let mut table = txn.open_table(T).expect("table");
-                for e in &b.events {
-                    value.clear();
-                    value.extend_from_slice(&e.hash.0);
-                    value.extend_from_slice(&e.bytes);
-                    table
-                        .insert((0, e.event.seq), value.as_slice())
-                        .expect("insert");
-                }
-            }
-            txn.commit().expect("commit");
-        }
-        t.elapsed()
-    };
+    // Baseline: raw redb, one row per event with the same keys and values
+    // as the store had before runs; and the same without fsync, to show
+    // what the disk's share is.
+    let raw = raw_redb(tmp.path(), "raw", &batches, redb::Durability::Immediate);
     report("raw redb inserts (baseline), 1000/txn", total, raw, raw);
-    for (name, took) in raw_key_variants(tmp.path(), &batches) {
-        report(name, total, took, raw);
-    }
+    let no_sync = raw_redb(tmp.path(), "raw-nosync", &batches, redb::Durability::None);
+    report("raw redb inserts, 1000/txn, no fsync", total, no_sync, raw);
 
-    // 1a. The parts of the decode.
+    // 1a-d. The parts of the decode, one at a time.
     let t = Instant::now();
-    let mut parts = Vec::with_capacity(frames.len());
-    for f in &frames {
-        let msg: AgentMessage = wire::decode_body(f).expect("frame");
-        parts.push(msg);
-    }
+    let parts: Vec<AgentMessage> = frames
+        .iter()
+        .map(|f| wire::decode_body(f).expect("frame"))
+        .collect();
     report("1a. frame body -> Vec<Vec<u8>>", total, t.elapsed(), raw);
+    let bodies: Vec<&Vec<u8>> = parts
+        .iter()
+        .flat_map(|m| match m {
+            AgentMessage::Batch { events, .. } => events.iter(),
+            _ => panic!("not a batch"),
+        })
+        .collect();
     let t = Instant::now();
-    let mut evs = Vec::with_capacity(total);
-    for m in &parts {
-        let AgentMessage::Batch { events, .. } = m else {
-            panic!()
-        };
-        for b in events {
-            evs.push(sx_common::codec::decode_exact::<sx_common::Event>(b).expect("event"));
-        }
-    }
+    let evs: Vec<sx_common::Event> = bodies
+        .iter()
+        .map(|b| sx_common::codec::decode_exact(b).expect("event"))
+        .collect();
     report("1b. event decode", total, t.elapsed(), raw);
     let t = Instant::now();
-    let mut i = 0;
-    for m in &parts {
-        let AgentMessage::Batch { events, .. } = m else {
-            panic!()
-        };
-        for b in events {
-            assert!(sx_common::chain::is_canonical(&evs[i], b));
-            i += 1;
-        }
+    for (e, b) in evs.iter().zip(&bodies) {
+        assert!(sx_common::chain::is_canonical(e, b));
     }
     report("1c. canonical check", total, t.elapsed(), raw);
     let t = Instant::now();
-    i = 0;
-    for m in &parts {
-        let AgentMessage::Batch { events, .. } = m else {
-            panic!()
-        };
-        for b in events {
-            std::hint::black_box(sx_common::chain::event_hash(&evs[i].prev_hash, b));
-            i += 1;
-        }
+    for (e, b) in evs.iter().zip(&bodies) {
+        std::hint::black_box(sx_common::chain::event_hash(&e.prev_hash, b));
     }
     report("1d. hash", total, t.elapsed(), raw);
-    drop((parts, evs));
+    drop((bodies, evs));
+    drop(parts);
 
     // 1. Frame body -> verified-hash SealedEvents, as a session does.
     let t = Instant::now();
@@ -208,81 +176,33 @@ fn report(what: &str, events: usize, took: Duration, raw: Duration) {
     );
 }
 
-/// Raw redb with other key layouts for the same values.
-fn raw_key_variants(
+/// Raw redb: one row per event ((node index, seq) → hash + bytes), a
+/// transaction per batch, with the given durability.
+fn raw_redb(
     dir: &std::path::Path,
+    name: &str,
     batches: &[sx_common::testing::SignedBatch],
-) -> Vec<(&'static str, Duration)> {
-    const U64: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("u64");
-    const U128: redb::TableDefinition<u128, &[u8]> = redb::TableDefinition::new("u128");
-    let mut out = Vec::new();
-    let db = redb::Database::create(dir.join("raw-u64.redb")).expect("raw db");
+    durability: redb::Durability,
+) -> Duration {
+    const T: redb::TableDefinition<(u32, u64), &[u8]> = redb::TableDefinition::new("raw");
+    let db = redb::Database::create(dir.join(format!("{name}.redb"))).expect("raw db");
     let t = Instant::now();
     let mut value = Vec::new();
     for b in batches {
-        let txn = db.begin_write().expect("txn");
+        let mut txn = db.begin_write().expect("txn");
+        txn.set_durability(durability).expect("durability");
         {
-            let mut table = txn.open_table(U64).expect("table");
-            for e in &b.events {
-                value.clear();
-                value.extend_from_slice(&e.hash.0);
-                value.extend_from_slice(&e.bytes);
-                table.insert(e.event.seq, value.as_slice()).expect("insert");
-            }
-        }
-        txn.commit().expect("commit");
-    }
-    out.push(("raw redb, u64 keys", t.elapsed()));
-    let db = redb::Database::create(dir.join("raw-u128.redb")).expect("raw db");
-    let t = Instant::now();
-    for b in batches {
-        let txn = db.begin_write().expect("txn");
-        {
-            let mut table = txn.open_table(U128).expect("table");
+            let mut table = txn.open_table(T).expect("table");
             for e in &b.events {
                 value.clear();
                 value.extend_from_slice(&e.hash.0);
                 value.extend_from_slice(&e.bytes);
                 table
-                    .insert(u128::from(e.event.seq), value.as_slice())
+                    .insert((0, e.event.seq), value.as_slice())
                     .expect("insert");
             }
         }
         txn.commit().expect("commit");
     }
-    out.push(("raw redb, u128 keys", t.elapsed()));
-    let db = redb::Database::create(dir.join("raw-big.redb")).expect("raw db");
-    let t = Instant::now();
-    for chunk in batches.chunks(8) {
-        let txn = db.begin_write().expect("txn");
-        {
-            let mut table = txn.open_table(U64).expect("table");
-            for e in chunk.iter().flat_map(|b| &b.events) {
-                value.clear();
-                value.extend_from_slice(&e.hash.0);
-                value.extend_from_slice(&e.bytes);
-                table.insert(e.event.seq, value.as_slice()).expect("insert");
-            }
-        }
-        txn.commit().expect("commit");
-    }
-    out.push(("raw redb, u64 keys, 8000/txn", t.elapsed()));
-    let db = redb::Database::create(dir.join("raw-nosync.redb")).expect("raw db");
-    let t = Instant::now();
-    for b in batches {
-        let mut txn = db.begin_write().expect("txn");
-        let _ = txn.set_durability(redb::Durability::None);
-        {
-            let mut table = txn.open_table(U64).expect("table");
-            for e in &b.events {
-                value.clear();
-                value.extend_from_slice(&e.hash.0);
-                value.extend_from_slice(&e.bytes);
-                table.insert(e.event.seq, value.as_slice()).expect("insert");
-            }
-        }
-        txn.commit().expect("commit");
-    }
-    out.push(("raw redb, u64 keys, 1000/txn, no fsync", t.elapsed()));
-    out
+    t.elapsed()
 }
