@@ -401,7 +401,33 @@ impl DriftMember {
 pub struct DriftGroups<K> {
     counters: Vec<GroupCounters<K>>,
     /// Per group, the ten highest scores, highest first, ties by key.
-    worst: Vec<Vec<(K, u32)>>,
+    worst: Vec<Worst<K>>,
+}
+
+/// How many of a group's worst nodes an aggregate lists.
+const WORST: usize = 10;
+
+/// A group's worst members, highest score first, ties by key: a fixed
+/// array, so a view allocates nothing per group while it scans.
+#[derive(Clone, Copy, Debug)]
+struct Worst<K> {
+    len: usize,
+    items: [(K, u32); WORST],
+}
+
+impl<K: Copy + Default> Default for Worst<K> {
+    fn default() -> Self {
+        Worst {
+            len: 0,
+            items: [(K::default(), 0); WORST],
+        }
+    }
+}
+
+impl<K> Worst<K> {
+    fn as_slice(&self) -> &[(K, u32)] {
+        &self.items[..self.len]
+    }
 }
 
 /// The running numbers of one group.
@@ -434,12 +460,12 @@ impl<K> Default for GroupCounters<K> {
     }
 }
 
-impl<K: Ord + Copy> DriftGroups<K> {
+impl<K: Ord + Copy + Default> DriftGroups<K> {
     /// Accumulators for groups `0..groups`.
     pub fn new(groups: usize) -> Self {
         DriftGroups {
             counters: vec![GroupCounters::default(); groups],
-            worst: vec![Vec::new(); groups],
+            worst: vec![Worst::default(); groups],
         }
     }
 
@@ -472,10 +498,16 @@ impl<K: Ord + Copy> DriftGroups<K> {
         let ranks_before = |w: &(K, u32)| w.1 > score || (w.1 == score && w.0 < node);
         if score > 0 && c.floor.is_none_or(|w| !ranks_before(&w)) {
             let worst = &mut self.worst[g];
-            let at = worst.partition_point(ranks_before);
-            worst.insert(at, (node, score));
-            worst.truncate(10);
-            c.floor = worst.get(9).copied();
+            let at = worst.as_slice().partition_point(ranks_before);
+            // Past the floor check a member ranks within the ten (unless
+            // its key came twice).
+            if at < WORST {
+                let len = (worst.len + 1).min(WORST);
+                worst.items.copy_within(at..len - 1, at + 1);
+                worst.items[at] = (node, score);
+                worst.len = len;
+                c.floor = (len == WORST).then(|| worst.items[WORST - 1]);
+            }
         }
     }
 
@@ -487,12 +519,7 @@ impl<K: Ord + Copy> DriftGroups<K> {
     }
 
     /// The aggregate of group `g`; `node_id` names a member's key.
-    pub fn finish(
-        &mut self,
-        g: usize,
-        group: &str,
-        node_id: impl Fn(K) -> String,
-    ) -> DriftAggregate {
+    pub fn finish(&self, g: usize, group: &str, node_id: impl Fn(K) -> String) -> DriftAggregate {
         let c = self.counters[g];
         let count = c.compliance_count;
         DriftAggregate {
@@ -508,9 +535,10 @@ impl<K: Ord + Copy> DriftGroups<K> {
                 .filter(|(_, n)| *n > 0)
                 .map(|(b, n)| ((*b).to_owned(), n as usize))
                 .collect(),
-            worst_nodes: std::mem::take(&mut self.worst[g])
-                .into_iter()
-                .map(|(n, score)| (node_id(n), score))
+            worst_nodes: self.worst[g]
+                .as_slice()
+                .iter()
+                .map(|(n, score)| (node_id(*n), *score))
                 .collect(),
             compliance_mean: (count > 0)
                 .then(|| c.compliance_sum as f64 / FIXED_POINT / f64::from(count)),
