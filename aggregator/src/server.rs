@@ -272,13 +272,22 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
             let peer = incoming.remote_address().to_string();
             match incoming.await {
                 Ok(conn) => handle_connection(conn, shared).await,
-                Err(e) => shared.refusals.record(Refusal {
+                // This side failed the handshake (no or untrusted client
+                // certificate, revoked, expired, protocol error): a refusal.
+                Err(
+                    e @ (quinn::ConnectionError::TransportError(_)
+                    | quinn::ConnectionError::VersionMismatch),
+                ) => shared.refusals.record(Refusal {
                     at: Timestamp::now(),
                     peer,
                     node_id: None,
                     reason: "tls-handshake".into(),
                     detail: e.to_string(),
                 }),
+                // The peer gave up or went away mid-handshake (an agent's
+                // connect timeout while this aggregator was busy): nothing
+                // was refused.
+                Err(e) => tracing::debug!(%peer, "handshake abandoned: {e}"),
             }
         });
     }

@@ -107,10 +107,16 @@ fn metrics_count_what_was_stored_refused_and_imported() -> Result<()> {
     assert_eq!(m.get("sx_aggregator_quic_connections", &[])?, 1.0);
     let accepted = m.get("sx_aggregator_quic_connections_accepted_total", &[])?;
     assert!(accepted >= 1.0);
-    assert!(
-        m.get("sx_aggregator_ingest_events_per_second", &[])? > 0.0,
-        "events arrived within the last 10 s"
-    );
+    // The rate is sampled once a second: wait for the sample that saw the
+    // events (they arrived within the last 10 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while scrape(&agg)?.get("sx_aggregator_ingest_events_per_second", &[])? <= 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "events arrived within the last 10 s, yet the rate stays 0"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     assert_eq!(m.get("sx_aggregator_zone_nodes", &[("zone", ZONE)])?, 1.0);
     assert_eq!(
         m.get("sx_aggregator_region_nodes", &[("region", "region-a")])?,
