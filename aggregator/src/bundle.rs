@@ -528,6 +528,8 @@ async fn import_http(State(shared): State<Arc<Shared>>, body: Bytes) -> Response
     });
     match result {
         Ok(imported) => {
+            // The node's last sync moved (even when it held every event).
+            shared.observe([imported.node_id.as_str()]);
             tracing::info!(
                 node = %imported.node_id,
                 counter = imported.counter,

@@ -7,9 +7,9 @@
 //! else is read at scrape time from what the aggregator already keeps: the
 //! writer's [`IngestStats`](crate::ingest::IngestStats), refusals by reason,
 //! the store's event count and forks, and the connectivity views by zone
-//! and by region (the numbers `/api/v1/connectivity` answers). A scrape
-//! costs the store's node records, one pass over the fleet table per
-//! grouping, and nothing per event.
+//! and by region (the numbers `/api/v1/connectivity` answers, from the
+//! observations held in the projection engine). A scrape costs one pass
+//! over the fleet table per grouping, and nothing per event.
 //!
 //! Every name starts with `sx_aggregator_`; counters end in `_total`.
 
@@ -206,14 +206,12 @@ struct Scrape {
 impl Scrape {
     fn read(shared: &Shared) -> Result<Scrape, String> {
         let stats = &shared.ingest.stats;
-        let records = shared.store.nodes().map_err(|e| e.to_string())?;
-        let observed = shared.sync.observed(&records);
         let stale_after = shared.config.aggregator.stale_after;
         let now = Timestamp::now();
         let (zones, regions, nodes) = shared.projections.read(|e| {
             (
-                views::connectivity_by(e, &observed, GroupBy::Zone, stale_after, now),
-                views::connectivity_by(e, &observed, GroupBy::Region, stale_after, now),
+                views::connectivity_observed_by(e, GroupBy::Zone, stale_after, now),
+                views::connectivity_observed_by(e, GroupBy::Region, stale_after, now),
                 e.len() as u64,
             )
         });

@@ -177,13 +177,11 @@ struct ByQuery {
 }
 
 async fn fleet(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, ApiError> {
-    let records = shared.store.nodes().map_err(internal)?;
-    let observed = shared.sync.observed(&records);
     let now = Timestamp::now();
     let stale_after = shared.config.aggregator.stale_after;
     let (connectivity, drift, lifecycle, nodes) = shared.projections.read(|e| {
         (
-            views::connectivity_by(e, &observed, GroupBy::Global, stale_after, now),
+            views::connectivity_observed_by(e, GroupBy::Global, stale_after, now),
             views::drift_by(e, GroupBy::Global),
             views::lifecycle_by(e, GroupBy::Global),
             e.len(),
@@ -440,12 +438,10 @@ async fn connectivity(
     Query(q): Query<ByQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let by = group_by(q.by.as_deref())?;
-    let records = shared.store.nodes().map_err(internal)?;
-    let observed = shared.sync.observed(&records);
     let stale_after = shared.config.aggregator.stale_after;
     let now = Timestamp::now();
     Ok(Json(json!(shared.projections.read(|e| {
-        views::connectivity_by(e, &observed, by, stale_after, now)
+        views::connectivity_observed_by(e, by, stale_after, now)
     }))))
 }
 

@@ -79,6 +79,40 @@ pub struct Shared {
     pub started_at: Timestamp,
     /// Counters only `/metrics` reports (see [`crate::metrics`]).
     pub metrics: crate::metrics::Metrics,
+    /// Serialises observation refreshes: the last to record an observation
+    /// in the engine is the last to have computed one.
+    observing: std::sync::Mutex<()>,
+}
+
+impl Shared {
+    /// Records in the projection engine the current observation of each
+    /// of `nodes` (store record and sync table), for the connectivity
+    /// views. Call after anything an observation derives from changed.
+    pub fn observe<'a>(&self, nodes: impl IntoIterator<Item = &'a str>) {
+        let _serial = self.observing.lock().unwrap_or_else(|p| p.into_inner());
+        let records: Vec<_> = nodes
+            .into_iter()
+            .filter_map(|n| match self.store.node(n) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(node = n, "reading the node record: {e}");
+                    None
+                }
+            })
+            .collect();
+        // The sync table's lock is released before the engine's is taken.
+        let observations = self.sync.observations(&records);
+        self.projections.observe(observations);
+    }
+
+    /// Records the observation of every node the store knows.
+    pub fn observe_all(&self) -> Result<(), crate::store::StoreError> {
+        let _serial = self.observing.lock().unwrap_or_else(|p| p.into_inner());
+        let records = self.store.nodes()?;
+        let observations = self.sync.observations(&records);
+        self.projections.observe(observations);
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for dyn EventStore {
@@ -148,10 +182,7 @@ pub async fn run(
         .await
         .with_context(|| format!("binding the API on {}", config.aggregator.api_listen))?;
     let api_addr = api_listener.local_addr()?;
-    let follower = config
-        .ingest
-        .live_projections
-        .then(|| projections.clone().follow(&ingest));
+    let live_projections = config.ingest.live_projections;
     let shared = Arc::new(Shared {
         config,
         store,
@@ -161,7 +192,20 @@ pub async fn run(
         refusals: Refusals::default(),
         started_at: Timestamp::now(),
         metrics: crate::metrics::Metrics::default(),
+        observing: std::sync::Mutex::new(()),
     });
+    // Every node the engine holds gets its observation, and so does each
+    // node as its events are applied (the first ones included).
+    let weak = Arc::downgrade(&shared);
+    projections.set_observer(Box::new(move |nodes| {
+        if let Some(shared) = weak.upgrade() {
+            shared.observe(nodes.iter().copied());
+        }
+    }));
+    shared
+        .observe_all()
+        .context("recording the nodes' observations")?;
+    let follower = live_projections.then(|| projections.clone().follow(&shared.ingest));
     tracing::info!(%quic_addr, %api_addr, "aggregator listening");
     if let Some(ready) = ready {
         let _ = ready.send(Bound {
@@ -355,10 +399,12 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     shared
         .sync
         .connected(&identity.node_id, peer.clone(), Timestamp::now());
+    shared.observe([identity.node_id.as_str()]);
     let end = drive_session(&shared, &identity, &peer, send, recv).await;
     shared
         .sync
         .disconnected(&identity.node_id, Timestamp::now());
+    shared.observe([identity.node_id.as_str()]);
     match end {
         Some(refusal) => {
             shared.refusals.record(refusal);
@@ -428,6 +474,7 @@ async fn drive_session(
                     shared
                         .sync
                         .agent_head(node, agent_head, acked, Timestamp::now());
+                    shared.observe([node]);
                     let desired = shared.projections.read(|e| {
                         e.node(node).map(|v| {
                             e.desired()
@@ -466,6 +513,7 @@ async fn drive_session(
                         .sync
                         .agent_head(node, agent_head, acked, Timestamp::now());
                     shared.sync.rtt(node, rtt_ms);
+                    shared.observe([node]);
                 }
                 AggregatorEvent::Closed(end) => {
                     if let sx_common::protocol::SessionEnd::RefusedPeer { code, message } = &end {
@@ -509,6 +557,9 @@ async fn drive_session(
                             shared.sync.agent_head(node, head, admitted.head.seq, Timestamp::now());
                         }
                         shared.sync.acked(node, admitted.head.seq);
+                        // The store's record moved too (head, last sync),
+                        // even for a batch of duplicates.
+                        shared.observe([node]);
                         session.committed(admitted.head)
                     }
                     Ok(Err(rejection)) => session.rejected(rejection),

@@ -1,7 +1,11 @@
 //! Per-node sync state as the aggregator observes it: durable position, last
 //! sync, the head the agent reports, backlog, RTT and connection. The
 //! durable part lives in the store; the rest is this process's observation.
+//! The two combined ([`SyncTable::observation`]) are recorded in the
+//! projection engine for the connectivity views whenever either moves
+//! ([`crate::server::Shared::observe`]).
 
+use crate::projection::views;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -105,24 +109,22 @@ impl SyncTable {
         });
     }
 
-    /// The observations the projection views take, per node.
-    pub fn observed(
+    /// The observation the projection views take of the node of `record`
+    /// (its durable head and last sync, with this process's observation).
+    pub fn observation(&self, record: &crate::store::NodeRecord) -> views::Observed {
+        let map = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        observation(map.get(&record.node_id), record)
+    }
+
+    /// [`observation`](Self::observation) of every record, by node id.
+    pub fn observations(
         &self,
         records: &[crate::store::NodeRecord],
-    ) -> std::collections::HashMap<String, crate::projection::views::Observed> {
+    ) -> Vec<(String, views::Observed)> {
         let map = self.observed.lock().unwrap_or_else(|p| p.into_inner());
         records
             .iter()
-            .map(|r| {
-                let o = map.get(&r.node_id).cloned().unwrap_or_default();
-                let view = crate::projection::views::Observed {
-                    last_sync: r.last_sync,
-                    backlog: o.agent_head.saturating_sub(r.head.seq),
-                    backlog_since: o.backlog_since.filter(|_| o.agent_head > r.head.seq),
-                    connected: matches!(o.connection, Some(Connection::Connected { .. })),
-                };
-                (r.node_id.clone(), view)
-            })
+            .map(|r| (r.node_id.clone(), observation(map.get(&r.node_id), r)))
             .collect()
     }
 
@@ -158,6 +160,20 @@ impl SyncTable {
                 }
             })
             .collect()
+    }
+}
+
+/// A node's observation for the views: a node this process has not seen
+/// has its store's last sync, no backlog and no connection.
+fn observation(o: Option<&Observed>, r: &crate::store::NodeRecord) -> views::Observed {
+    let agent_head = o.map_or(0, |o| o.agent_head);
+    views::Observed {
+        last_sync: r.last_sync,
+        backlog: agent_head.saturating_sub(r.head.seq),
+        backlog_since: o
+            .and_then(|o| o.backlog_since)
+            .filter(|_| agent_head > r.head.seq),
+        connected: o.is_some_and(|o| matches!(o.connection, Some(Connection::Connected { .. }))),
     }
 }
 

@@ -659,8 +659,7 @@ fn drift_aggregates_per_node_cluster_zone_and_fleet() -> Result<()> {
     );
 
     // The same roll-up through the graph, with connectivity joined in.
-    let rollups =
-        graph::cluster_rollups(&engine, &HashMap::new(), Span::from_mins(10), at("04:00"));
+    let rollups = graph::cluster_rollups(&engine, Span::from_mins(10), at("04:00"));
     let region_a = rollups
         .iter()
         .find(|r| r.cluster == "region-a-cluster")
@@ -698,8 +697,13 @@ fn connectivity_and_lifecycle_projections() -> Result<()> {
         ),
     ]
     .into();
+    let mut observing = engine.clone();
+    for (node, o) in &observed {
+        observing.observe(node, o.clone());
+    }
+    assert_eq!(observing.observed("b-1").map(|o| o.backlog), Some(500));
     let fleet =
-        views::connectivity_by(&engine, &observed, GroupBy::Global, Span::from_mins(5), now);
+        views::connectivity_observed_by(&observing, GroupBy::Global, Span::from_mins(5), now);
     let fleet = &fleet[0];
     assert_eq!(fleet.nodes, 4);
     let spectrum: BTreeMap<&str, usize> = fleet
@@ -730,17 +734,7 @@ fn connectivity_and_lifecycle_projections() -> Result<()> {
     assert_eq!(fleet.backlog_max, 500);
     assert_eq!(fleet.backlog_mean, 135.0);
     assert_eq!(fleet.oldest_unreceived_max, Span::from_mins(20));
-    // The same observations recorded in the engine give the same view.
-    let mut observing = engine.clone();
-    for (node, o) in &observed {
-        observing.observe(node, o.clone());
-    }
-    assert_eq!(observing.observed("b-1").map(|o| o.backlog), Some(500));
-    assert_eq!(
-        views::connectivity_observed_by(&observing, GroupBy::Global, Span::from_mins(5), now),
-        views::connectivity_by(&engine, &observed, GroupBy::Global, Span::from_mins(5), now)
-    );
-    let zones = views::connectivity_by(&engine, &observed, GroupBy::Zone, Span::from_mins(5), now);
+    let zones = views::connectivity_observed_by(&observing, GroupBy::Zone, Span::from_mins(5), now);
     assert_eq!(zones.len(), 3);
     assert_eq!(zones[0].group, "edge-zone-a1");
     assert_eq!(zones[0].backlog_total, 40);

@@ -365,6 +365,50 @@ fn air_gapped_node_syncs_by_bundles_out_of_order_then_quic() -> Result<()> {
     Ok(())
 }
 
+/// The connectivity views follow the aggregator's observations, not only
+/// the events: a node last synced before the aggregator started has that
+/// sync debt (and is not stale), and importing a bundle the store already
+/// holds moves its last sync, in the views at once, with no new event.
+#[test]
+fn an_already_held_bundle_moves_the_sync_debt_the_views_show() -> Result<()> {
+    let site = Site::new()?;
+    let (node, data) = site.node("sx-rempart-debt-node-1")?;
+    let id = node.node_id.as_str();
+    fill_journal(&data, 98, 100)?;
+    site.export(&data, "b1.sxbundle", &[])?;
+    let (ok, r) = site.import(&[&site.bundle("b1.sxbundle")])?;
+    assert!(ok, "{r:?}");
+    std::thread::sleep(Duration::from_secs(3));
+
+    let (quic_port, api_port) = (free_udp_port(), free_tcp_port());
+    let aggregator =
+        AggregatorProcess::start(&site.fleet, &site.aggregator_dir, quic_port, api_port)?;
+    let view = || -> Result<(sx_common::Span, u64, u64)> {
+        let groups = get_json(aggregator.api, "/api/v1/connectivity?by=node")?;
+        let g = groups
+            .as_array()
+            .and_then(|a| a.iter().find(|g| g["group"] == id))
+            .with_context(|| format!("{id} in {groups}"))?;
+        let debt = g["sync_debt_max"].as_str().context("sync debt")?;
+        let debt = sx_common::Span::parse(debt).map_err(|e| anyhow::anyhow!("{debt}: {e}"))?;
+        let stored = get_json(aggregator.api, "/api/v1/fleet")?["events_stored"]
+            .as_u64()
+            .context("events stored")?;
+        Ok((debt, g["stale"].as_u64().context("stale")?, stored))
+    };
+    let (debt, stale, stored) = view()?;
+    assert!(debt >= sx_common::Span::from_secs(3), "{debt}");
+    assert_eq!((stale, stored), (0, 100));
+
+    let api = aggregator.api.to_string();
+    let (ok, r) = site.import_with(&[&site.bundle("b1.sxbundle")], &["--api", &api])?;
+    assert!(ok && r[0]["outcome"] == "already-held", "{r:?}");
+    let (debt, stale, stored) = view()?;
+    assert!(debt < sx_common::Span::from_secs(3), "{debt}");
+    assert_eq!((stale, stored), (0, 100));
+    Ok(())
+}
+
 /// Every kind of bad bundle is refused with its own cause, and the store
 /// is unchanged (event count, heads).
 #[test]

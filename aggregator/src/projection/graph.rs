@@ -24,7 +24,7 @@
 
 use super::ProjectionEngine;
 use super::drift::{DriftAggregate, Severity};
-use super::views::{self, ConnectivityAggregate, GroupBy, Observed};
+use super::views::{self, ConnectivityAggregate, GroupBy};
 use petgraph::Direction;
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::unionfind::UnionFind;
@@ -878,16 +878,15 @@ pub struct ClusterRollup {
 }
 
 /// Drift and connectivity rolled up per cluster (the cluster groupings of
-/// [`views::drift_by`] and [`views::connectivity_by`], joined by name).
+/// [`views::drift_by`] and [`views::connectivity_observed_by`], joined by name).
 pub fn cluster_rollups(
     engine: &ProjectionEngine,
-    observed: &HashMap<String, Observed>,
     stale_after: Span,
     now: Timestamp,
 ) -> Vec<ClusterRollup> {
     let fg = engine.graph();
     let mut connectivity: BTreeMap<String, ConnectivityAggregate> =
-        views::connectivity_by(engine, observed, GroupBy::Cluster, stale_after, now)
+        views::connectivity_observed_by(engine, GroupBy::Cluster, stale_after, now)
             .into_iter()
             .map(|c| (c.group.clone(), c))
             .collect();

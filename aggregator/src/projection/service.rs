@@ -6,7 +6,7 @@ use super::{NodeChange, ProjectionEngine};
 use crate::ingest::Ingest;
 use crate::store::{EventStore, StoreError};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use sx_common::model::DigitalTwin;
 use sx_common::time::Timestamp;
 use tokio::sync::broadcast;
@@ -21,6 +21,21 @@ pub struct Projections {
     updates: broadcast::Sender<Arc<NodeChange>>,
     store: Arc<dyn EventStore>,
     snapshot_path: PathBuf,
+    /// Called with the nodes events were just applied to, before their
+    /// changes are streamed: the aggregator records their observations
+    /// (the engine ignores observations of nodes it does not hold yet).
+    observer: OnceLock<ObserverCell>,
+}
+
+/// See [`Projections::set_observer`].
+pub type Observer = Box<dyn Fn(&[&str]) + Send + Sync>;
+
+struct ObserverCell(Observer);
+
+impl std::fmt::Debug for ObserverCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 /// How the projections came up.
@@ -56,6 +71,7 @@ impl Projections {
                 updates,
                 store,
                 snapshot_path: snapshot_path.to_path_buf(),
+                observer: OnceLock::new(),
             },
             startup,
         ))
@@ -72,6 +88,46 @@ impl Projections {
         f(&mut guard)
     }
 
+    /// Sets what is called with the nodes events were applied to (once;
+    /// later calls are ignored). It runs with no engine lock held.
+    pub fn set_observer(&self, observer: Observer) {
+        let _ = self.observer.set(ObserverCell(observer));
+    }
+
+    /// Records the aggregator's observations of nodes in the engine
+    /// ([`ProjectionEngine::observe`]), taking the write lock only when one
+    /// differs from what the engine holds (nodes the engine does not hold
+    /// are skipped).
+    pub fn observe(&self, observations: Vec<(String, super::views::Observed)>) {
+        let changed: Vec<_> = self.read(|e| {
+            observations
+                .into_iter()
+                .filter(|(node, o)| e.node(node).is_some() && e.observed(node) != Some(o))
+                .collect()
+        });
+        if !changed.is_empty() {
+            self.write(|e| {
+                for (node, o) in changed {
+                    e.observe(&node, o);
+                }
+            });
+        }
+    }
+
+    /// Streams applied changes, after the observer saw their nodes.
+    fn publish(&self, changes: Vec<NodeChange>) {
+        if changes.is_empty() {
+            return;
+        }
+        if let Some(observer) = self.observer.get() {
+            let nodes: Vec<&str> = changes.iter().map(|c| c.node.as_str()).collect();
+            (observer.0)(&nodes);
+        }
+        for c in changes {
+            let _ = self.updates.send(Arc::new(c));
+        }
+    }
+
     /// Node changes, as they are applied.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<NodeChange>> {
         self.updates.subscribe()
@@ -81,9 +137,7 @@ impl Projections {
     pub fn catch_up(&self) -> Result<u64, StoreError> {
         let mut changes = Vec::new();
         let n = self.write(|e| catch_up(e, self.store.as_ref(), Some(&mut changes)))?;
-        for c in changes {
-            let _ = self.updates.send(Arc::new(c));
-        }
+        self.publish(changes);
         Ok(n)
     }
 
@@ -109,9 +163,7 @@ impl Projections {
                                 e.node(&c.node_id).is_none_or(|v| v.last_seq() < last)
                             })
                         });
-                        for c in changes {
-                            let _ = self.updates.send(Arc::new(c));
-                        }
+                        self.publish(changes);
                         if behind && let Err(e) = self.catch_up() {
                             tracing::error!("projection catch-up failed: {e}");
                         }

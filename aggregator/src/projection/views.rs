@@ -1,13 +1,14 @@
 //! Group views computed from the engine's per-node state on query:
 //! drift, connectivity and lifecycle per cluster, zone, region and fleet.
 //! The aggregator's own observations (last sync, backlog, staleness) are
-//! passed in, never mixed into the node-reported twin.
+//! recorded beside the rows ([`ProjectionEngine::observe`]), never mixed
+//! into the node-reported twin.
 
 use super::ProjectionEngine;
 use super::drift::{self, DriftAggregate, DriftGroups};
 use super::rows::{GroupNames, Row};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use sx_common::model::{ConnectivityState, DigitalTwin, LifecyclePhase};
 use sx_common::time::{Span, Timestamp};
 
@@ -179,62 +180,10 @@ impl ConnectivityAccumulator {
 }
 
 /// Connectivity per group at `now`, groups sorted by name, with the
-/// aggregator's observations given per node in `observed`. Totals saturate
-/// (a node may report any backlog).
-///
-/// Every node costs a lookup in `observed`; where the observations are
-/// recorded in the engine ([`ProjectionEngine::observe`]),
-/// [`connectivity_observed_by`] does without.
-pub fn connectivity_by(
-    engine: &ProjectionEngine,
-    observed: &HashMap<String, Observed>,
-    by: GroupBy,
-    stale_after: Span,
-    now: Timestamp,
-) -> Vec<ConnectivityAggregate> {
-    let lookup = |node: &str| {
-        if observed.is_empty() {
-            None
-        } else {
-            observed.get(node)
-        }
-    };
-    if by == GroupBy::Node {
-        let table = engine.table();
-        return engine
-            .rows_by_node()
-            .filter_map(|(node, ix)| {
-                let row = table.row(ix)?;
-                Some(
-                    connectivity_of(
-                        &table.names,
-                        node,
-                        [(row, lookup(node))],
-                        by,
-                        stale_after,
-                        now,
-                    )
-                    .into(),
-                )
-            })
-            .collect();
-    }
-    connectivity_of(
-        &engine.table().names,
-        "",
-        engine
-            .table()
-            .iter()
-            .map(|(node, row, _)| (row, lookup(node))),
-        by,
-        stale_after,
-        now,
-    )
-    .into_groups(engine)
-}
-
-/// [`connectivity_by`] with the observations recorded in the engine
-/// ([`ProjectionEngine::observe`]): one pass over the fleet table.
+/// aggregator's observations recorded in the engine
+/// ([`ProjectionEngine::observe`]; a node without one counts as stale, with
+/// its reported last sync and backlog): one pass over the fleet table.
+/// Totals saturate (a node may report any backlog).
 pub fn connectivity_observed_by(
     engine: &ProjectionEngine,
     by: GroupBy,
