@@ -32,6 +32,25 @@ impl Response {
     }
 }
 
+/// The head of a one-shot request (`Connection: close`) with a body of
+/// `content_length` bytes.
+pub fn request_head(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    content_length: usize,
+) -> String {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {content_length}\r\n"
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    head
+}
+
 /// Sends one request (`Connection: close`) and reads the answer. A
 /// `text/event-stream` answer is read only up to its headers (it does not
 /// end); a chunked body is de-chunked.
@@ -44,15 +63,7 @@ pub fn request(
 ) -> Result<Response> {
     let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
+    stream.write_all(request_head(addr, method, path, headers, body.len()).as_bytes())?;
     stream.write_all(body)?;
     let mut raw = Vec::new();
     let mut buf = [0u8; 8192];

@@ -498,14 +498,12 @@ fn post_oversized(
 ) -> Result<u16> {
     let mut stream = std::net::TcpStream::connect(api)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut head = format!(
-        "POST {path} HTTP/1.1\r\nhost: {api}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nexpect: 100-continue\r\nconnection: close\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
+    let mut all = vec![
+        ("content-type", "application/json"),
+        ("expect", "100-continue"),
+    ];
+    all.extend_from_slice(headers);
+    let head = sx_tests::http::request_head(api, "POST", path, &all, body.len());
     stream.write_all(head.as_bytes())?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let status = |line: &str| -> Result<u16> {
