@@ -769,7 +769,15 @@ impl Fleet {
                 self.agents[&n.id].log.display()
             );
         }
-        let acked = self.acked(r, &n.id);
+        // "Synced" can be seen before the aggregator heard of the events
+        // recorded after the rotation: wait for them to be acknowledged.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut acked = self.acked(r, &n.id);
+        while acked <= rotation_seq && Instant::now() < deadline && !self.interrupted() {
+            self.tick_progress();
+            std::thread::sleep(Duration::from_millis(200));
+            acked = self.acked(r, &n.id);
+        }
         if acked <= rotation_seq {
             bail!("no event after the rotation (seq {rotation_seq}) was accepted: acked {acked}");
         }
