@@ -197,10 +197,7 @@ impl JournalHandle {
         self.head.send_if_modified(|h| {
             let moved = last.event.seq > h.seq;
             if moved {
-                *h = ChainHead {
-                    seq: last.event.seq,
-                    hash: last.hash,
-                };
+                *h = last.head();
             }
             moved
         });

@@ -489,10 +489,7 @@ async fn drive_session(
                 AggregatorEvent::Submit { events, checkpoint } => {
                     // The head the batch shows is the agent's word only once
                     // the batch verified: recorded with the verdict.
-                    let head = events.last().map(|last| sx_common::ChainHead {
-                        seq: last.event.seq,
-                        hash: last.hash,
-                    });
+                    let head = events.last().map(sx_common::chain::SealedEvent::head);
                     let sub = Submission {
                         node_id: node.to_owned(),
                         key: identity.key,

@@ -154,6 +154,14 @@ impl SealedEvent {
         SealedEvent { event, bytes, hash }
     }
 
+    /// The stream head this event makes: its seq and hash.
+    pub fn head(&self) -> ChainHead {
+        ChainHead {
+            seq: self.event.seq,
+            hash: self.hash,
+        }
+    }
+
     /// Decodes canonical bytes received from elsewhere and computes the hash
     /// of exactly those bytes.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, crate::codec::DecodeError> {

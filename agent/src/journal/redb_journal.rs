@@ -139,10 +139,7 @@ impl RedbJournal {
             out.push(bytes.value().to_vec());
         }
         let head = match out.last() {
-            Some(bytes) => Some(decode_event(last_seq, bytes)?).map(|e| ChainHead {
-                seq: e.event.seq,
-                hash: e.hash,
-            }),
+            Some(bytes) => Some(decode_event(last_seq, bytes)?.head()),
             None => None,
         };
         Ok((out, head))
@@ -287,10 +284,7 @@ impl RedbJournal {
                 .seal_batch(&self.node_id, self.head, std::slice::from_ref(&rotation))?;
         let head = events
             .last()
-            .map(|e| ChainHead {
-                seq: e.event.seq,
-                hash: e.hash,
-            })
+            .map(SealedEvent::head)
             .ok_or(JournalError::EmptyAppend)?;
         let checkpoint = self.sign_checkpoint(head);
         let mut history = self.key_history.clone();
@@ -429,10 +423,7 @@ impl Journal for RedbJournal {
         }
         let head = events
             .last()
-            .map(|e| ChainHead {
-                seq: e.event.seq,
-                hash: e.hash,
-            })
+            .map(SealedEvent::head)
             .ok_or(JournalError::EmptyAppend)?;
         let checkpoint = self.sign_checkpoint(head);
         txn.open_table(CHECKPOINTS_TABLE)?
@@ -572,10 +563,7 @@ impl Journal for RedbJournal {
                 if sealed.event.timestamp >= cutoff {
                     break;
                 }
-                last = Some(ChainHead {
-                    seq: sealed.event.seq,
-                    hash: sealed.hash,
-                });
+                last = Some(sealed.head());
             }
             match last {
                 Some(last) => {
@@ -746,13 +734,7 @@ fn load_state(db: &Database, key: &SigningKey) -> Result<LoadedState, JournalErr
 
     let events = txn.open_table(EVENTS_TABLE)?;
     let head = match events.last()? {
-        Some((seq, bytes)) => {
-            let sealed = decode_event(seq.value(), bytes.value())?;
-            ChainHead {
-                seq: sealed.event.seq,
-                hash: sealed.hash,
-            }
-        }
+        Some((seq, bytes)) => decode_event(seq.value(), bytes.value())?.head(),
         None => pruned,
     };
     if head.seq > pruned.seq {
