@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use sx_certs::{CaOptions, IssuedCert, NodeRequest, Pki};
 
+mod common;
+use common::{failed, json, ok, path_str};
+
 const NODE: &str = "sx-rempart-2026-prod-1-node-42";
 
 struct Site {
@@ -64,35 +67,6 @@ impl Site {
     fn status(&self) -> Value {
         json(&ok(self.agent(&["status", "--json"])))
     }
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
-}
-
-/// Asserts success and returns stdout.
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 stdout")
-}
-
-/// Asserts failure and returns stderr.
-fn failed(out: Output) -> String {
-    assert!(
-        !out.status.success(),
-        "unexpectedly succeeded: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stderr).expect("utf-8 stderr")
-}
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
 #[test]

@@ -15,6 +15,9 @@ use sx_agent::journal::{DataDir, Journal, JournalError, RedbJournal};
 use sx_certs::{CaOptions, IssuedCert, NodeRequest, Pki, Validity};
 use sx_common::{EventPayload, Timestamp};
 
+mod common;
+use common::{failed, json, ok, path_str as s};
+
 const NODE: &str = "sx-rempart-2026-prod-1-node-42";
 const OTHER_NODE: &str = "sx-rempart-2026-prod-1-node-43";
 
@@ -139,33 +142,6 @@ fn request(node: &str, force: bool) -> NodeRequest {
     let mut req = NodeRequest::new(node, "souverix-rempart", "region-a", "edge-zone-a1");
     req.force = force;
     req
-}
-
-fn s(path: &Path) -> &str {
-    path.to_str().expect("utf-8 path")
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 stdout")
-}
-
-fn failed(out: Output) -> String {
-    assert!(
-        !out.status.success(),
-        "unexpectedly succeeded: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stderr).expect("utf-8 stderr")
-}
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
 #[test]
