@@ -13,15 +13,16 @@ use sx_tests::*;
 /// An agent configuration for crash tests: like the harness's, but a
 /// session to a SIGKILLed aggregator (which never closes it) is given up
 /// after 1.5 s instead of 3 s, so that each restart is met by a new session
-/// quickly; and smaller batches and window (500 / 4,000 events), so the
-/// replay advances in smaller steps, with more commits for a kill to hit.
+/// quickly; and small batches and window (50 / 100 events), so the replay
+/// advances in small steps, with many commits for a kill to hit (with
+/// default sizes it now outruns ten kills).
 fn crash_config(fleet: &TestFleet, name: &str, quic_port: u16) -> Result<PathBuf> {
     let path = fleet.path().join(format!("{name}.agent.toml"));
     let text = format!(
         "[agent]\naggregator = \"127.0.0.1:{quic_port}\"\nserver_name = \"localhost\"\n\n\
          [uplink]\nheartbeat_interval = \"300ms\"\nack_timeout = \"1500ms\"\nidle_timeout = \"1500ms\"\n\
          connect_timeout = \"500ms\"\nbackoff_initial = \"50ms\"\nbackoff_max = \"200ms\"\n\
-         batch_max_events = 500\nwindow_events = 4000\n\n\
+         batch_max_events = 50\nwindow_events = 100\n\n\
          [connectivity]\nautonomous_after = \"1s\"\n"
     );
     std::fs::write(&path, text)?;
