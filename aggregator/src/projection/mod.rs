@@ -17,6 +17,7 @@
 //! snapshots it, and streams updates to subscribers.
 
 pub mod drift;
+mod drift_groups;
 pub mod encoded;
 pub mod graph;
 mod rows;

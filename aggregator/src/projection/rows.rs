@@ -6,17 +6,18 @@
 //! The engine keeps a node's row index beside its view and updates the row
 //! whenever it updates the view, so a fleet-wide view is one sequential pass
 //! over a few megabytes instead of a walk over every twin building
-//! string-keyed maps per group. Rows are in the order nodes first appeared;
-//! the views' results do not depend on it (see
-//! [`super::drift::DriftAccumulator`]). Derived data, like the fleet graph:
-//! not in snapshots, rebuilt on load, compared through the names the ids
-//! stand for.
+//! string-keyed maps per group; drift goes further and is kept aggregated
+//! per group as cells change ([`super::drift_groups`]). Rows are in the
+//! order nodes first appeared; the views' results do not depend on it.
+//! Derived data, like the fleet graph: not in snapshots, rebuilt on load,
+//! compared through the names the ids stand for.
 
 use super::NodeView;
-use super::drift::{DriftMember, DriftSummary};
+use super::drift::{DriftAggregate, DriftMember, DriftSummary};
+use super::drift_groups::GroupDrift;
 use super::views::{GroupBy, Observed};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use sx_common::model::{ConnectivityState, DigitalTwin, LifecyclePhase};
 use sx_common::time::Timestamp;
 
@@ -151,13 +152,79 @@ impl DriftCell {
         self.member.summary()
     }
 
-    /// The cell's group under a grouping by zone, region or fleet.
-    #[inline]
-    pub(crate) fn group(&self, by: GroupBy) -> u32 {
-        match by {
-            GroupBy::Zone => self.zone,
-            GroupBy::Region => self.region,
-            _ => FLEET,
+    /// The cell's groups under a grouping (for `GroupBy::Node`, the
+    /// fleet's).
+    pub(crate) fn groups<'a>(&'a self, by: GroupBy, names: &'a GroupNames) -> &'a [u32] {
+        group_ids(by, &self.zone, &self.region, self.clusters, names)
+    }
+}
+
+/// The groupings drift is kept for, and how many.
+const KINDS: [GroupBy; 4] = [
+    GroupBy::Zone,
+    GroupBy::Region,
+    GroupBy::Cluster,
+    GroupBy::Global,
+];
+
+/// [`GroupDrift`] of every group of every grouping, by group id. Behind a
+/// lock so a view (which holds the table shared) can refill lists that ran
+/// short; updates hold the table exclusively and take no lock.
+#[derive(Debug, Default)]
+struct LiveDrift(Mutex<[HashMap<u32, GroupDrift>; KINDS.len()]>);
+
+impl Clone for LiveDrift {
+    fn clone(&self) -> Self {
+        LiveDrift(Mutex::new(self.lock().0.clone()))
+    }
+}
+
+impl LiveDrift {
+    fn lock(&self) -> LiveGuard<'_> {
+        LiveGuard(self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn get_mut(&mut self) -> LiveKinds<'_> {
+        LiveKinds(self.0.get_mut().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+struct LiveGuard<'a>(MutexGuard<'a, [HashMap<u32, GroupDrift>; KINDS.len()]>);
+
+impl LiveGuard<'_> {
+    fn kind_mut(&mut self, by: GroupBy) -> &mut HashMap<u32, GroupDrift> {
+        let k = KINDS
+            .iter()
+            .position(|k| *k == by)
+            .unwrap_or(KINDS.len() - 1);
+        &mut self.0[k]
+    }
+}
+
+struct LiveKinds<'a>(&'a mut [HashMap<u32, GroupDrift>; KINDS.len()]);
+
+impl LiveKinds<'_> {
+    /// A row's drift cell changed from `old` (none: the row is new) to
+    /// `new`: out of its old groups, into its new ones.
+    fn apply<'n>(
+        self,
+        row: u32,
+        old: Option<&DriftCell>,
+        new: &DriftCell,
+        names: &GroupNames,
+        node: impl Fn(u32) -> &'n str + Copy,
+    ) {
+        for (by, kind) in KINDS.into_iter().zip(self.0.iter_mut()) {
+            if let Some(old) = old {
+                for g in old.groups(by, names) {
+                    if let Some(group) = kind.get_mut(g) {
+                        group.remove(row, &old.member);
+                    }
+                }
+            }
+            for g in new.groups(by, names) {
+                kind.entry(*g).or_default().add(row, &new.member, node);
+            }
         }
     }
 }
@@ -232,12 +299,24 @@ impl Row {
     /// The groups of the row under a grouping (for `GroupBy::Node`, whose
     /// groups are the nodes themselves, the fleet id).
     pub(crate) fn groups<'a>(&'a self, by: GroupBy, names: &'a GroupNames) -> &'a [u32] {
-        match by {
-            GroupBy::Cluster => names.set(self.clusters),
-            GroupBy::Zone => std::slice::from_ref(&self.zone),
-            GroupBy::Region => std::slice::from_ref(&self.region),
-            GroupBy::Global | GroupBy::Node => std::slice::from_ref(&FLEET),
-        }
+        group_ids(by, &self.zone, &self.region, self.clusters, names)
+    }
+}
+
+/// The ids of a node's groups under a grouping, from its zone, region and
+/// cluster set.
+fn group_ids<'a>(
+    by: GroupBy,
+    zone: &'a u32,
+    region: &'a u32,
+    clusters: u32,
+    names: &'a GroupNames,
+) -> &'a [u32] {
+    match by {
+        GroupBy::Cluster => names.set(clusters),
+        GroupBy::Zone => std::slice::from_ref(zone),
+        GroupBy::Region => std::slice::from_ref(region),
+        GroupBy::Global | GroupBy::Node => std::slice::from_ref(&FLEET),
     }
 }
 
@@ -252,6 +331,8 @@ pub(crate) struct FleetTable {
     /// By row; empty until the first observation (rows past its end have
     /// none).
     observed: Vec<Option<Observed>>,
+    /// Drift per group of every grouping, kept up to date with the cells.
+    groups: LiveDrift,
 }
 
 impl FleetTable {
@@ -268,10 +349,63 @@ impl FleetTable {
     /// zone, region or declared clusters may have changed).
     pub(crate) fn update(&mut self, row: u32, view: &NodeView, placement: bool) {
         let ix = row as usize;
-        if let (Some(r), Some(cell)) = (self.rows.get_mut(ix), self.drift.get_mut(ix)) {
-            r.update(&mut self.names, view, placement);
-            *cell = DriftCell::of(r, &view.summary);
+        let (Some(r), Some(cell)) = (self.rows.get_mut(ix), self.drift.get_mut(ix)) else {
+            return;
+        };
+        let old = r.placed.then_some(*cell);
+        r.update(&mut self.names, view, placement);
+        *cell = DriftCell::of(r, &view.summary);
+        if old.as_ref() != Some(cell) {
+            let new = *cell;
+            let nodes = &self.nodes;
+            self.groups
+                .get_mut()
+                .apply(row, old.as_ref(), &new, &self.names, |r| {
+                    nodes.get(r as usize).map_or("", |n| n)
+                });
         }
+    }
+
+    /// Drift aggregated per group (zone, region, cluster or the fleet),
+    /// groups sorted by name.
+    pub(crate) fn drift_by(&self, by: GroupBy) -> Vec<DriftAggregate> {
+        let mut live = self.groups.lock();
+        let kind = live.kind_mut(by);
+        let node = |r: u32| self.node(r);
+        // Groups whose lists ran short are refilled in one pass.
+        let mut refilling = vec![false; self.names.len()];
+        let mut any = false;
+        for (g, group) in kind.iter_mut() {
+            if group.nodes() > 0 && group.needs_refill() {
+                group.begin_refill();
+                refilling[*g as usize] = true;
+                any = true;
+            }
+        }
+        if any {
+            for (ix, (cell, row)) in self.drift.iter().zip(&self.rows).enumerate() {
+                if !row.placed {
+                    continue;
+                }
+                for g in cell.groups(by, &self.names) {
+                    if refilling[*g as usize]
+                        && let Some(group) = kind.get_mut(g)
+                    {
+                        group.refill(ix as u32, &cell.member, node);
+                    }
+                }
+            }
+        }
+        let mut named: Vec<(&str, &GroupDrift)> = kind
+            .iter()
+            .filter(|(_, group)| group.nodes() > 0)
+            .map(|(g, group)| (self.names.name(*g), group))
+            .collect();
+        named.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        named
+            .into_iter()
+            .map(|(name, group)| group.finish(name, node))
+            .collect()
     }
 
     /// Drift numbers by row.
@@ -346,5 +480,86 @@ impl FleetTable {
                 ..r.clone()
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::projection::drift::{self, Severity};
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+    use sx_common::time::Span;
+
+    fn view(zone: u8, region: u8, cluster: Option<u8>, score: u32, stale: u64) -> NodeView {
+        let mut v = NodeView::default();
+        v.twin.identity.zone = format!("zone-{zone}");
+        v.twin.identity.region = format!("region-{region}");
+        v.twin.topology.clusters = cluster.map(|c| format!("fn-{c}")).into_iter().collect();
+        v.summary = DriftSummary {
+            severity: Severity::ALL[(score % 5) as usize],
+            drift_score: score,
+            compliance_score: (!score.is_multiple_of(3)).then(|| f64::from(score % 7) / 7.0),
+            stale_by: Span(stale),
+        };
+        v
+    }
+
+    /// The table's groups the plain way: every node's current view, grouped
+    /// by name, aggregated from scratch.
+    fn reference(views: &[(String, NodeView)], by: GroupBy) -> Vec<DriftAggregate> {
+        let mut groups: BTreeMap<String, Vec<(&str, &DriftSummary)>> = BTreeMap::new();
+        for (node, v) in views {
+            for g in super::super::views::groups_of(node, &v.twin, by) {
+                let members = groups.entry(g).or_default();
+                if !members.iter().any(|(n, _)| *n == node) {
+                    members.push((node, &v.summary));
+                }
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(g, members)| drift::aggregate(&g, members))
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Nodes join, change drift and move between zones, regions and
+        /// clusters in any order, in groups large enough that the kept
+        /// candidate lists run short and are refilled: every grouping's
+        /// view equals the aggregate of the current views from scratch.
+        #[test]
+        fn group_drift_follows_every_change(
+            changes in proptest::collection::vec(
+                (0usize..150, 0u8..4, 0u8..2, proptest::option::of(0u8..3), 0u32..60, 0u64..5),
+                1..900,
+            ),
+        ) {
+            let mut table = FleetTable::default();
+            let mut views: Vec<(String, NodeView)> = Vec::new();
+            let mut rows: HashMap<usize, u32> = HashMap::new();
+            for (i, (node, zone, region, cluster, score, stale)) in changes.into_iter().enumerate() {
+                let v = view(zone, region, cluster, score, stale);
+                let row = *rows.entry(node).or_insert_with(|| {
+                    views.push((format!("node-{node:03}"), NodeView::default()));
+                    table.add(Arc::from(format!("node-{node:03}")))
+                });
+                table.update(row, &v, true);
+                views[row as usize].1 = v;
+                if i % 50 == 49 {
+                    for by in KINDS {
+                        prop_assert_eq!(table.drift_by(by), reference(&views, by));
+                    }
+                }
+            }
+            for by in KINDS {
+                prop_assert_eq!(table.drift_by(by), reference(&views, by));
+            }
+            // A copy answers the same.
+            let copy = table.clone();
+            prop_assert_eq!(copy.drift_by(GroupBy::Zone), reference(&views, GroupBy::Zone));
+        }
     }
 }

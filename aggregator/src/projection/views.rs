@@ -5,7 +5,7 @@
 //! into the node-reported twin.
 
 use super::ProjectionEngine;
-use super::drift::{self, DriftAggregate, DriftGroups};
+use super::drift::{self, DriftAggregate};
 use super::rows::{GroupNames, Row};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -66,8 +66,10 @@ pub fn groups_of(node: &str, twin: &DigitalTwin, by: GroupBy) -> Vec<String> {
     }
 }
 
-/// Drift aggregated per group, groups sorted by name: one pass over the
-/// engine's fleet table ([`super::rows`]).
+/// Drift aggregated per group, groups sorted by name: read from the
+/// per-group aggregates the fleet table keeps up to date
+/// ([`super::drift_groups`]), so the cost follows the number of groups, not
+/// of nodes.
 pub fn drift_by(engine: &ProjectionEngine, by: GroupBy) -> Vec<DriftAggregate> {
     let table = engine.table();
     let cells = table.drift();
@@ -80,29 +82,7 @@ pub fn drift_by(engine: &ProjectionEngine, by: GroupBy) -> Vec<DriftAggregate> {
             })
             .collect();
     }
-    // Members are keyed by (rank of the node id, row): ties among the
-    // worst nodes are broken without reading node ids.
-    let ranks = engine.ranks();
-    let names = &table.names;
-    let mut groups: DriftGroups<(u32, u32)> = DriftGroups::new(names.len());
-    let keyed = cells.iter().zip(ranks).enumerate();
-    if by == GroupBy::Cluster {
-        for (row, (cell, rank)) in keyed {
-            for g in names.set(cell.clusters) {
-                groups.add_member(*g as usize, (*rank, row as u32), &cell.member);
-            }
-        }
-    } else {
-        for (row, (cell, rank)) in keyed {
-            groups.add_member(cell.group(by) as usize, (*rank, row as u32), &cell.member);
-        }
-    }
-    let present: Vec<Option<usize>> = (0..names.len())
-        .map(|g| groups.has_members(g).then_some(g))
-        .collect();
-    names.sorted(present, |name, g| {
-        groups.finish(g, name, |(_, row)| table.node(row).to_owned())
-    })
+    table.drift_by(by)
 }
 
 /// The aggregator's own view of a node's sync, passed into the views.
