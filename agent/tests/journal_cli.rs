@@ -322,11 +322,42 @@ fn a_tampered_journal_fails_verify() {
 #[test]
 fn every_command_has_help_and_data_dir_flag_wins_over_env() {
     let site = Site::new();
-    for command in ["init", "record", "log", "status", "verify", "prune"] {
+    // Every command that prints data takes --json; `run` is the daemon.
+    let printing = [
+        "init",
+        "record",
+        "log",
+        "status",
+        "verify",
+        "prune",
+        "export-bundle",
+        "import-receipt",
+        "rotate",
+    ];
+    for command in printing.into_iter().chain(["run"]) {
         let help = ok(site.agent(&[command, "--help"]));
         assert!(help.contains("--data-dir"), "{command} --help: {help}");
+        assert_eq!(
+            help.contains("--json"),
+            command != "run",
+            "{command} --help: {help}"
+        );
     }
-    assert!(ok(site.agent(&["log", "--help"])).contains("--json"));
+    // And that is every command there is.
+    let top = ok(site.agent(&["--help"]));
+    let listed: Vec<&str> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    let mut known: Vec<&str> = printing.into_iter().chain(["run"]).collect();
+    known.sort_unstable();
+    let mut listed_sorted = listed.clone();
+    listed_sorted.sort_unstable();
+    assert_eq!(listed_sorted, known, "{top}");
     assert!(ok(site.agent(&["record", "--help"])).contains("trust.chain_validated"));
 
     let err = failed(site.agent(&["status"]));

@@ -170,3 +170,70 @@ fn bad_input_is_refused_with_a_clear_error() -> Result<()> {
     assert!(help.contains("--dns") && help.contains("--ip"), "{help}");
     Ok(())
 }
+
+#[test]
+fn every_command_has_help_and_prints_json() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pki = dir.path().join("pki");
+    let top = ok(&pki, &["--help"])?;
+    let commands: Vec<&str> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    let mut sorted = commands.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        [
+            "crl",
+            "init-ca",
+            "inspect",
+            "issue-aggregator",
+            "issue-node",
+            "issue-operator",
+            "list",
+            "revoke"
+        ],
+        "{top}"
+    );
+    for command in commands {
+        let help = ok(&pki, &[command, "--help"])?;
+        assert!(
+            help.contains("--json") && help.contains("--pki-dir"),
+            "{command} --help: {help}"
+        );
+    }
+
+    // An aggregator server certificate with DNS and IP SANs, as JSON.
+    ok(&pki, &["init-ca"])?;
+    let issued = json(
+        &pki,
+        &[
+            "issue-aggregator",
+            "--name",
+            "agg-region-a",
+            "--region",
+            "region-a",
+            "--dns",
+            "aggregator.region-a.example",
+            "--ip",
+            "10.0.0.7",
+        ],
+    )?;
+    assert!(issued.get("key_pem").is_none(), "keys are never printed");
+    let cert = issued["cert_path"].as_str().context("cert_path")?;
+    let info = json(&pki, &["inspect", cert])?;
+    let dns = info[0]["dns"].as_array().context("dns SANs")?;
+    assert!(
+        dns.iter().any(|d| d == "aggregator.region-a.example"),
+        "{info}"
+    );
+    let ips = info[0]["ips"].as_array().context("IP SANs")?;
+    assert!(ips.iter().any(|ip| ip == "10.0.0.7"), "{info}");
+    assert_eq!(info[0]["region"], "region-a");
+    Ok(())
+}

@@ -5,14 +5,22 @@
 use ed25519_dalek::SigningKey;
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
+use std::ops::Range;
 use sx_common::chain::{ChainHead, Checkpoint, SealedEvent, canonical_bytes, verify_batch};
 use sx_common::codec::{
     DecodeError, MAX_EVENT_BYTES, WIRE_VERSION, decode_exact, decode_limited, decode_versioned,
     encode_versioned,
 };
 use sx_common::event::EVENT_TYPES;
-use sx_common::testing::{arb_event_stream, arb_payload, checkpoint};
+use sx_common::testing::{
+    arb_digest, arb_event_stream, arb_payload, arb_signed_batches, checkpoint,
+};
+use sx_common::wire::{
+    AgentMessage, AggregatorMessage, FRAME_HEADER_BYTES, FrameDecoder, MAX_FRAME_BYTES,
+    RefusalCode, decode_body, encode_frame,
+};
 use sx_common::{Event, EventPayload, Span, Timestamp};
 
 const NODE: &str = "sx-rempart-2026-prod-1-node-42";
@@ -234,6 +242,105 @@ proptest! {
         prop_assert_eq!(decode_versioned::<Event>(&versioned, len + 2), expected);
     }
 
+    // --- frames ----------------------------------------------------------------
+
+    #[test]
+    fn random_bytes_never_panic_the_frame_decoders(
+        bytes in vec(any::<u8>(), 0..400),
+        cuts in vec(any::<prop::sample::Index>(), 0..6),
+    ) {
+        // However the bytes are cut, the decoder reads the same messages
+        // and stops at the same error.
+        prop_assert_eq!(
+            feed::<AgentMessage>(&bytes, &cuts),
+            feed::<AgentMessage>(&bytes, &[])
+        );
+        prop_assert_eq!(
+            feed::<AggregatorMessage>(&bytes, &cuts),
+            feed::<AggregatorMessage>(&bytes, &[])
+        );
+        let _ = decode_body::<AgentMessage>(&bytes);
+        let _ = decode_body::<AggregatorMessage>(&bytes);
+    }
+
+    #[test]
+    fn random_bytes_behind_a_valid_header_are_refused_or_decoded_whole(
+        body in vec(any::<u8>(), 0..400),
+    ) {
+        let mut bytes = frame_header(body.len() + 2, WIRE_VERSION).to_vec();
+        bytes.extend_from_slice(&body);
+        for outcome in [
+            feed::<AgentMessage>(&bytes, &[]).map(|m| m.len()),
+            feed::<AggregatorMessage>(&bytes, &[]).map(|m| m.len()),
+        ] {
+            match outcome {
+                // A complete frame is either one message or an error.
+                Ok(count) => prop_assert_eq!(count, 1),
+                Err(e) => prop_assert!(
+                    matches!(e, DecodeError::Truncated | DecodeError::Malformed(_) | DecodeError::TrailingBytes(_)),
+                    "{:?}", e
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn frames_in_random_pieces_decode_to_what_was_sent(
+        agent in arb_agent_messages(&key()),
+        aggregator in arb_aggregator_messages(),
+        cuts in vec(any::<prop::sample::Index>(), 0..12),
+    ) {
+        prop_assert_eq!(feed(&frames(&agent), &cuts), Ok(agent));
+        prop_assert_eq!(feed(&frames(&aggregator), &cuts), Ok(aggregator));
+    }
+
+    #[test]
+    fn every_cut_frame_waits_for_the_rest(agent in arb_agent_messages(&key())) {
+        let bytes = frames(&agent[..1]);
+        for len in 0..bytes.len() {
+            let mut decoder = FrameDecoder::default();
+            decoder.push(&bytes[..len]);
+            prop_assert_eq!(decoder.next_message::<AgentMessage>(), Ok(None), "cut at {}", len);
+            prop_assert_eq!(decoder.pending(), len);
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_in_a_frame_never_reads_as_what_was_sent(
+        agent in arb_agent_messages(&key()),
+        at in any::<prop::sample::Index>(),
+        mask in 1u8..,
+    ) {
+        let bytes = flip(&frames(&agent), at, mask);
+        // An error, a frame still waiting for bytes, or other messages
+        // (altered event bytes, which the chain then refuses).
+        prop_assert_ne!(feed::<AgentMessage>(&bytes, &[]), Ok(agent));
+    }
+
+    #[test]
+    fn the_frame_limit_and_version_are_checked_before_the_body(
+        len in prop_oneof![0u32..64, any::<u32>()],
+        version in prop_oneof![Just(WIRE_VERSION), any::<u16>()],
+        limit in 2usize..1 << 20,
+    ) {
+        let len = len as usize;
+        let mut decoder = FrameDecoder::new(limit);
+        decoder.push(&frame_header(len, version));
+        let expected = if len > limit {
+            Err(DecodeError::Oversized { size: len, limit })
+        } else if len < 2 {
+            Err(DecodeError::Malformed(format!("frame length {len} below header")))
+        } else if version != WIRE_VERSION {
+            Err(DecodeError::UnknownVersion { found: version, expected: WIRE_VERSION })
+        } else if len == 2 {
+            // An empty body is complete, and no message.
+            Err(DecodeError::Truncated)
+        } else {
+            Ok(None)
+        };
+        prop_assert_eq!(decoder.next_message::<AgentMessage>(), expected);
+    }
+
     // --- JSON ----------------------------------------------------------------
 
     #[test]
@@ -359,6 +466,101 @@ fn only_canonical_bytes_are_accepted() {
         SealedEvent::from_bytes(over_long).is_err(),
         "the same event under two encodings, with two hashes"
     );
+}
+
+/// The messages an agent sends in a session: a hello, batches of canonical
+/// event bytes each closed by its checkpoint, a heartbeat.
+fn arb_agent_messages(key: &SigningKey) -> impl Strategy<Value = Vec<AgentMessage>> {
+    (
+        arb_signed_batches(NODE, key, 1..6),
+        any::<u64>(),
+        any::<Option<u32>>(),
+    )
+        .prop_map(|(batches, ping, rtt_ms)| {
+            let head = batches
+                .last()
+                .and_then(|b| b.events.last())
+                .map(SealedEvent::head)
+                .unwrap_or_default();
+            let mut messages = vec![AgentMessage::Hello {
+                node_id: NODE.to_owned(),
+                agent_version: "0.1.0".to_owned(),
+                head: ChainHead::default(),
+            }];
+            messages.extend(batches.into_iter().map(|b| AgentMessage::Batch {
+                events: b.events.into_iter().map(|e| e.bytes).collect(),
+                checkpoint: b.checkpoint,
+            }));
+            messages.push(AgentMessage::Heartbeat {
+                ping,
+                head,
+                rtt_ms,
+                sent_at: Timestamp::from_secs(1_772_163_900),
+            });
+            messages
+        })
+}
+
+/// Any sequence of aggregator messages.
+fn arb_aggregator_messages() -> impl Strategy<Value = Vec<AggregatorMessage>> {
+    let head = || (any::<u64>(), arb_digest()).prop_map(|(seq, hash)| ChainHead { seq, hash });
+    let message = prop_oneof![
+        head().prop_map(|durable| AggregatorMessage::Resume {
+            durable,
+            desired: None
+        }),
+        head().prop_map(|head| AggregatorMessage::Ack { head }),
+        head().prop_map(|durable| AggregatorMessage::Rewind { durable }),
+        any::<u64>().prop_map(|ping| AggregatorMessage::Pong { ping }),
+        "\\PC{0,40}".prop_map(|message| AggregatorMessage::Refuse {
+            code: RefusalCode::Fork,
+            message
+        }),
+    ];
+    vec(message, 1..6)
+}
+
+/// A frame header: body length (version included) and version.
+fn frame_header(len: usize, version: u16) -> [u8; FRAME_HEADER_BYTES] {
+    let mut header = [0; FRAME_HEADER_BYTES];
+    header[..4].copy_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+    header[4..].copy_from_slice(&version.to_be_bytes());
+    header
+}
+
+fn frames<T: serde::Serialize>(messages: &[T]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for m in messages {
+        encode_frame(m, &mut out);
+    }
+    out
+}
+
+/// `0..len` cut at `cuts` into consecutive, non-empty pieces.
+fn pieces(len: usize, cuts: &[prop::sample::Index]) -> Vec<Range<usize>> {
+    let mut at: Vec<usize> = cuts.iter().map(|c| c.index(len + 1)).collect();
+    at.extend([0, len]);
+    at.sort_unstable();
+    at.dedup();
+    at.windows(2).map(|w| w[0]..w[1]).collect()
+}
+
+/// Feeds `bytes` to a fresh decoder in the pieces `cuts` makes, taking each
+/// message out as soon as it is complete: every message read, or the first
+/// error (which is final). Messages read before an error are dropped.
+fn feed<T: DeserializeOwned>(
+    bytes: &[u8],
+    cuts: &[prop::sample::Index],
+) -> Result<Vec<T>, DecodeError> {
+    let mut decoder = FrameDecoder::new(MAX_FRAME_BYTES);
+    let mut messages = Vec::new();
+    for piece in pieces(bytes.len(), cuts) {
+        decoder.push(&bytes[piece]);
+        while let Some(message) = decoder.next_message()? {
+            messages.push(message);
+        }
+    }
+    Ok(messages)
 }
 
 fn arb_event_type() -> impl Strategy<Value = String> {

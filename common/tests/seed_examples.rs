@@ -1,5 +1,6 @@
 //! The seed document's examples, rebuilt from events: the example twin of
-//! `sx-rempart-2026-prod-1-node-42`, the connectivity ledger of
+//! `sx-rempart-2026-prod-1-node-42` (with the trust chain and SBOM lineage
+//! of the seed's `TrustIndex` for the same node), the connectivity ledger of
 //! `sx-rempart-edge-zone-c-node-15` and the example `Event`.
 
 use serde_json::json;
@@ -8,12 +9,13 @@ use sx_common::chain::ChainHead;
 use sx_common::event::{
     AttestationPerformed, ConfigReported, ConnectivityTransition, DesiredStateLearned,
     IdentityReported, Note, PayloadError, PolicyApplied, ReplayCompleted, ReplayStarted,
-    SoftwareReported, SyncCompleted, SyncPath,
+    SoftwareReported, SyncCompleted, SyncPath, TrustChainValidated,
 };
 use sx_common::fold::{apply, twin_from_events};
 use sx_common::ledger::ConnectivityLedger;
 use sx_common::model::{
-    AttestationState, ConfigValue, ConnectivityState, FieldDrift, Hardware, LifecyclePhase,
+    AttestationState, CertificateRef, ConfigValue, ConnectivityState, FieldDrift, Hardware,
+    LifecyclePhase, SbomEntry, SupplyChain,
 };
 use sx_common::testing::seal_stream;
 use sx_common::{DigitalTwin, Event, EventPayload, SealedEvent, Span, Timestamp};
@@ -52,6 +54,44 @@ fn plain(events: &[SealedEvent]) -> Vec<Event> {
     events.iter().map(|s| s.event.clone()).collect()
 }
 
+/// The certificate chain of the seed's `TrustIndex` for node 42.
+fn node_42_certificate() -> CertificateRef {
+    CertificateRef {
+        issuer: "souverix-autorite-root-ca".into(),
+        subject: NODE_42.into(),
+        valid_until: at("2026-08-27T00:00:00Z"),
+        signature: "sha256:...".into(),
+    }
+}
+
+/// The SBOM lineage of the seed's `TrustIndex` for node 42.
+fn node_42_sbom() -> SbomEntry {
+    SbomEntry {
+        component: "souverix-rempart".into(),
+        version: "1.4.6".into(),
+        sbom_hash: "sha256:def...".into(),
+        provenance: "signed-by-build-system".into(),
+        dependencies: vec!["souverix-sip-core-3.2.0".into()],
+    }
+}
+
+/// The seed leaves `supply_chain` as `{...}`: filled from its hardware and
+/// software sections.
+fn node_42_supply_chain() -> SupplyChain {
+    let map = |entries: &[(&str, &str)]| {
+        entries
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    SupplyChain {
+        hardware_metadata: map(&[("serial", "HW-2024-Q3-0042"), ("firmware_version", "2.1.3")]),
+        software_provenance: map(&[("souverix-rempart-1.4.6", "signed-by-build-system")]),
+        manufacturing_batch: map(&[("batch_id", "BATCH-2024-Q3-001"), ("origin", "Factory-A")]),
+        trust_chain: vec!["souverix-autorite-root-ca".into()],
+    }
+}
+
 /// The stream that leaves node 42 in the seed's example state at 03:45.
 fn node_42_stream() -> Vec<SealedEvent> {
     use ConnectivityState::*;
@@ -78,6 +118,13 @@ fn node_42_stream() -> Vec<SealedEvent> {
         ),
         (day("03:00"), P::ProvisioningCompleted(Note::default())),
         (
+            day("03:00"),
+            P::TrustChainValidated(TrustChainValidated {
+                chain: vec![node_42_certificate()],
+            }),
+        ),
+        (day("03:00"), P::SupplyChainReported(node_42_supply_chain())),
+        (
             day("03:05"),
             P::SoftwareReported(SoftwareReported {
                 component: "souverix-rempart".into(),
@@ -86,6 +133,7 @@ fn node_42_stream() -> Vec<SealedEvent> {
                 image_provenance: "signed-by-build-system".into(),
             }),
         ),
+        (day("03:05"), P::SbomUpdated(node_42_sbom())),
         (
             day("03:10"),
             P::DesiredStateLearned(DesiredStateLearned {
@@ -132,7 +180,7 @@ fn node_42_stream() -> Vec<SealedEvent> {
         (
             day("03:45"),
             P::SyncCompleted(SyncCompleted {
-                acked_seq: 9,
+                acked_seq: 12,
                 via: SyncPath::Quic,
             }),
         ),
@@ -157,6 +205,7 @@ fn the_seed_twin_is_the_fold_of_its_events() {
     assert_eq!(id.component_type, "souverix-rempart");
     assert_eq!(id.region, "region-a");
     assert_eq!(id.zone, "edge-zone-a1");
+    assert_eq!(id.trust_chain, vec!["souverix-autorite-root-ca"]);
 
     let c = &twin.connectivity;
     assert_eq!(c.state, ConnectivityState::Live);
@@ -205,12 +254,16 @@ fn the_seed_twin_is_the_fold_of_its_events() {
     assert_eq!(p.compliance_score, 0.95);
     assert_eq!(p.stale_by, Span::from_mins(15));
 
+    assert_eq!(twin.trust.certificate_chain, vec![node_42_certificate()]);
     assert_eq!(twin.trust.attestation_state, AttestationState::Verified);
     assert_eq!(
         twin.trust.last_attestation,
         Some(at("2026-02-27T03:45:00Z"))
     );
-    assert_eq!(twin.last_seq, 11);
+    assert_eq!(twin.trust.sbom_lineage, vec![node_42_sbom()]);
+
+    assert_eq!(twin.supply_chain, node_42_supply_chain());
+    assert_eq!(twin.last_seq, 14);
 }
 
 #[test]
@@ -271,8 +324,40 @@ fn the_seed_twin_json_uses_the_seed_names() {
         })
     );
 
+    assert_eq!(
+        json["identity"]["trust_chain"],
+        json!(["souverix-autorite-root-ca"])
+    );
+    // The seed's TrustIndex of the same node, field for field.
+    assert_eq!(
+        json["trust"]["certificate_chain"],
+        json!([{
+            "issuer": "souverix-autorite-root-ca",
+            "subject": "sx-rempart-2026-prod-1-node-42",
+            "valid_until": "2026-08-27T00:00:00Z",
+            "signature": "sha256:...",
+        }])
+    );
+    assert_eq!(
+        json["trust"]["sbom_lineage"],
+        json!([{
+            "component": "souverix-rempart",
+            "version": "1.4.6",
+            "sbom_hash": "sha256:def...",
+            "provenance": "signed-by-build-system",
+            "dependencies": ["souverix-sip-core-3.2.0"],
+        }])
+    );
     assert_eq!(json["trust"]["attestation_state"], "verified");
     assert_eq!(json["trust"]["last_attestation"], "2026-02-27T03:45:00Z");
+    assert_eq!(
+        json["supply_chain"]["manufacturing_batch"],
+        json!({"batch_id": "BATCH-2024-Q3-001", "origin": "Factory-A"})
+    );
+    assert_eq!(
+        json["supply_chain"]["trust_chain"],
+        json!(["souverix-autorite-root-ca"])
+    );
 
     // Every heading of the seed's DigitalTwin is there.
     for heading in [
