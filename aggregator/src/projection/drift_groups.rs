@@ -37,7 +37,7 @@ const WORST: usize = 10;
 
 /// Candidates kept for the worst list: room for members to leave before a
 /// refill is needed.
-const WORST_KEPT: usize = 32;
+const WORST_KEPT: usize = 48;
 
 /// Candidates kept for the lowest compliance and the longest staleness.
 const EXTREME_KEPT: usize = 8;
@@ -160,6 +160,11 @@ impl<T: Copy, const N: usize> Top<T, N> {
     fn knows(&self, need: usize) -> bool {
         self.complete || usize::from(self.len) >= need
     }
+
+    /// Whether the list has lost half its room to members leaving.
+    fn low(&self) -> bool {
+        !self.knows(N / 2)
+    }
 }
 
 /// The drift of one group, kept up to date as members join, change and
@@ -216,6 +221,13 @@ impl GroupDrift {
     /// left them and others, outside, may now rank first.
     pub(crate) fn needs_refill(&self) -> bool {
         !(self.worst.knows(WORST) && self.lowest.knows(1) && self.stalest.knows(1))
+    }
+
+    /// Whether the lists have lost half their candidates: worth refilling
+    /// while a pass over the members is being made anyway, so passes stay
+    /// rare.
+    pub(crate) fn runs_low(&self) -> bool {
+        self.worst.low() || self.lowest.low() || self.stalest.low()
     }
 
     /// Empties the lists for a refill: every member must then be passed to
@@ -426,19 +438,21 @@ mod tests {
             group.add(r as u32, m, node);
         }
         assert!(!group.needs_refill());
-        // The 23 worst leave: 9 candidates are left of 32, members outside
-        // the list remain, so the tenth worst is unknown.
-        for r in (77..100).rev() {
-            group.remove(r, &members[r as usize]);
+        // All but nine of the kept worst leave: members outside the list
+        // remain, so the tenth worst is unknown.
+        let left = 100 - (WORST_KEPT - (WORST - 1));
+        for r in (left..100).rev() {
+            group.remove(r as u32, &members[r]);
         }
         assert!(group.needs_refill());
         group.begin_refill();
-        for (r, m) in members.iter().enumerate().take(77) {
+        for (r, m) in members.iter().enumerate().take(left) {
             group.refill(r as u32, m, node);
         }
-        assert!(!group.needs_refill());
+        assert!(!group.needs_refill() && !group.runs_low());
         let worst = group.finish("g", node).worst_nodes;
-        assert_eq!(worst.first(), Some(&("n-076".to_owned(), 77)));
+        let first = format!("n-{:03}", left - 1);
+        assert_eq!(worst.first(), Some(&(first, left as u32)));
         assert_eq!(worst.len(), WORST);
     }
 

@@ -370,33 +370,16 @@ impl FleetTable {
     /// groups sorted by name.
     pub(crate) fn drift_by(&self, by: GroupBy) -> Vec<DriftAggregate> {
         let mut live = self.groups.lock();
-        let kind = live.kind_mut(by);
         let node = |r: u32| self.node(r);
-        // Groups whose lists ran short are refilled in one pass.
-        let mut refilling = vec![false; self.names.len()];
-        let mut any = false;
-        for (g, group) in kind.iter_mut() {
-            if group.nodes() > 0 && group.needs_refill() {
-                group.begin_refill();
-                refilling[*g as usize] = true;
-                any = true;
-            }
+        if live
+            .kind_mut(by)
+            .values()
+            .any(|g| g.nodes() > 0 && g.needs_refill())
+        {
+            self.refill(&mut live);
         }
-        if any {
-            for (ix, (cell, row)) in self.drift.iter().zip(&self.rows).enumerate() {
-                if !row.placed {
-                    continue;
-                }
-                for g in cell.groups(by, &self.names) {
-                    if refilling[*g as usize]
-                        && let Some(group) = kind.get_mut(g)
-                    {
-                        group.refill(ix as u32, &cell.member, node);
-                    }
-                }
-            }
-        }
-        let mut named: Vec<(&str, &GroupDrift)> = kind
+        let mut named: Vec<(&str, &GroupDrift)> = live
+            .kind_mut(by)
             .iter()
             .filter(|(_, group)| group.nodes() > 0)
             .map(|(g, group)| (self.names.name(*g), group))
@@ -406,6 +389,40 @@ impl FleetTable {
             .into_iter()
             .map(|(name, group)| group.finish(name, node))
             .collect()
+    }
+
+    /// Refills, in one pass over the cells, the lists of every group (of
+    /// every grouping) that ran short or low.
+    fn refill(&self, live: &mut LiveGuard<'_>) {
+        let mut refilling: [Vec<bool>; KINDS.len()] = Default::default();
+        for (by, flags) in KINDS.into_iter().zip(&mut refilling) {
+            flags.resize(self.names.len(), false);
+            for (g, group) in live.kind_mut(by).iter_mut() {
+                if group.nodes() > 0 && (group.needs_refill() || group.runs_low()) {
+                    group.begin_refill();
+                    flags[*g as usize] = true;
+                }
+            }
+        }
+        let node = |r: u32| self.node(r);
+        for (by, flags) in KINDS.into_iter().zip(&refilling) {
+            if !flags.contains(&true) {
+                continue;
+            }
+            let kind = live.kind_mut(by);
+            for (ix, (cell, row)) in self.drift.iter().zip(&self.rows).enumerate() {
+                if !row.placed {
+                    continue;
+                }
+                for g in cell.groups(by, &self.names) {
+                    if flags[*g as usize]
+                        && let Some(group) = kind.get_mut(g)
+                    {
+                        group.refill(ix as u32, &cell.member, node);
+                    }
+                }
+            }
+        }
     }
 
     /// Drift numbers by row.
