@@ -538,7 +538,7 @@ fn debug_append_loop(dir: &DataDir, args: DebugAppendLoopArgs) -> Result<ExitCod
         let items: Vec<_> = (0..size as u64)
             .map(|i| (Timestamp::now(), sample_transition(base + i)))
             .collect();
-        let outcome = journal.append(&items)?;
+        let outcome = journal.append_owned(items)?;
         // Printed only after the durable commit returned.
         writeln!(stdout, "{}", outcome.head().seq)?;
         stdout.flush()?;

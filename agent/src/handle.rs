@@ -174,7 +174,7 @@ impl JournalHandle {
         &self,
         items: Vec<(Timestamp, EventPayload)>,
     ) -> Result<AppendOutcome, JournalError> {
-        let outcome = self.with(move |j| j.append(&items)).await?;
+        let outcome = self.with(move |j| j.append_owned(items)).await?;
         self.appended(&outcome.events);
         Ok(outcome)
     }

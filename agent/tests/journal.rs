@@ -114,6 +114,27 @@ fn appends_single_and_batches_and_reads_ranges() {
 }
 
 #[test]
+fn payloads_by_value_or_by_reference_append_the_same_events() {
+    let (by_ref, by_value) = (Fixture::new(), Fixture::new());
+    let by_value = Fixture {
+        key: by_ref.key.clone(),
+        ..by_value
+    };
+    let (mut a, mut b) = (by_ref.create(), by_value.create());
+    for count in [1, 7, 3] {
+        let batch = items(count, now());
+        let borrowed = a.append(&batch).expect("append borrowed");
+        let owned = b.append_owned(batch).expect("append owned");
+        assert_eq!(borrowed, owned);
+    }
+    assert_eq!(
+        a.read_range(1, 100).expect("read"),
+        b.read_range(1, 100).expect("read")
+    );
+    b.verify().expect("verifies");
+}
+
+#[test]
 fn every_transaction_ends_with_a_signed_checkpoint() {
     let fx = Fixture::new();
     let mut journal = fx.create();
@@ -171,6 +192,10 @@ fn refused_appends_change_nothing() {
     let head = journal.head();
     assert!(matches!(
         journal.append(&[]),
+        Err(JournalError::EmptyAppend)
+    ));
+    assert!(matches!(
+        journal.append_owned(Vec::new()),
         Err(JournalError::EmptyAppend)
     ));
     let huge = EventPayload::ConnectionLost(Note {

@@ -258,7 +258,7 @@ pub fn init(dir: &DataDir, request: &InitRequest) -> Result<Initialised, DataDir
     let staging = dir.root.join(JOURNAL_INIT_FILE);
     remove_if_exists(&staging)?;
     let mut journal = RedbJournal::create(&staging, &identity.node_id, key)?;
-    let outcome = journal.append(&first_events(&identity, &ca, request.now))?;
+    let outcome = journal.append_owned(first_events(&identity, &ca, request.now))?;
     journal.close()?;
     let target = dir.journal_path();
     fs::rename(&staging, &target).map_err(|source| DataDirError::Io {

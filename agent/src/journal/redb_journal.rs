@@ -279,9 +279,9 @@ impl RedbJournal {
         {
             return Err(JournalError::KeyReused);
         }
-        let events =
-            self.sealer
-                .seal_batch(&self.node_id, self.head, std::slice::from_ref(&rotation))?;
+        let events = self
+            .sealer
+            .seal_batch(&self.node_id, self.head, std::iter::once(rotation))?;
         let head = events
             .last()
             .map(SealedEvent::head)
@@ -367,6 +367,31 @@ impl RedbJournal {
         }
     }
 
+    /// Stores freshly sealed events (at least one, continuing the head) and
+    /// the checkpoint of their last one in one durable transaction; the
+    /// head moves once the commit returned.
+    fn store_batch(&mut self, events: Vec<SealedEvent>) -> Result<AppendOutcome, JournalError> {
+        let head = events
+            .last()
+            .map(SealedEvent::head)
+            .ok_or(JournalError::EmptyAppend)?;
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(EVENTS_TABLE)?;
+            for e in &events {
+                table.insert(e.event.seq, e.bytes.as_slice())?;
+            }
+        }
+        let checkpoint = self.sign_checkpoint(head);
+        txn.open_table(CHECKPOINTS_TABLE)?
+            .insert(head.seq, checkpoint_row(&checkpoint).as_slice())?;
+        // Durable (Immediate) commit: only once it returned is the head ours.
+        // On any error above, dropping `txn` aborts it and nothing changed.
+        txn.commit()?;
+        self.head = head;
+        Ok(AppendOutcome { events, checkpoint })
+    }
+
     /// Durably writes one meta entry.
     fn write_meta(&self, key: &'static str, value: &[u8]) -> Result<(), JournalError> {
         let txn = self.db.begin_write()?;
@@ -413,26 +438,23 @@ impl Journal for RedbJournal {
         if items.is_empty() {
             return Err(JournalError::EmptyAppend);
         }
-        let events = self.sealer.seal_batch(&self.node_id, self.head, items)?;
-        let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(EVENTS_TABLE)?;
-            for e in &events {
-                table.insert(e.event.seq, e.bytes.as_slice())?;
-            }
+        let events = self
+            .sealer
+            .seal_batch(&self.node_id, self.head, items.iter().cloned())?;
+        self.store_batch(events)
+    }
+
+    fn append_owned(
+        &mut self,
+        items: Vec<(Timestamp, EventPayload)>,
+    ) -> Result<AppendOutcome, JournalError> {
+        if items.is_empty() {
+            return Err(JournalError::EmptyAppend);
         }
-        let head = events
-            .last()
-            .map(SealedEvent::head)
-            .ok_or(JournalError::EmptyAppend)?;
-        let checkpoint = self.sign_checkpoint(head);
-        txn.open_table(CHECKPOINTS_TABLE)?
-            .insert(head.seq, checkpoint_row(&checkpoint).as_slice())?;
-        // Durable (Immediate) commit: only once it returned is the head ours.
-        // On any error above, dropping `txn` aborts it and nothing changed.
-        txn.commit()?;
-        self.head = head;
-        Ok(AppendOutcome { events, checkpoint })
+        let events = self
+            .sealer
+            .seal_batch(&self.node_id, self.head, items.into_iter())?;
+        self.store_batch(events)
     }
 
     fn read_range(&self, from_seq: u64, max: usize) -> Result<Vec<SealedEvent>, JournalError> {

@@ -26,14 +26,14 @@ impl Default for Sealer {
 }
 
 impl Sealer {
-    /// Builds and seals the events for `items` on top of `head`, in order.
-    /// Refuses an event whose encoding exceeds [`MAX_EVENT_BYTES`], which no
-    /// reader would accept.
+    /// Builds and seals the events for `items` on top of `head`, in order,
+    /// moving each payload into its event. Refuses an event whose encoding
+    /// exceeds [`MAX_EVENT_BYTES`], which no reader would accept.
     pub(crate) fn seal_batch(
         &mut self,
         node_id: &str,
         head: ChainHead,
-        items: &[(Timestamp, EventPayload)],
+        items: impl ExactSizeIterator<Item = (Timestamp, EventPayload)>,
     ) -> Result<Vec<SealedEvent>, JournalError> {
         let mut events = Vec::with_capacity(items.len());
         let mut head = head;
@@ -42,9 +42,9 @@ impl Sealer {
             let event = Event {
                 node_id: node_id.to_owned(),
                 seq: head.seq,
-                timestamp: *timestamp,
+                timestamp,
                 prev_hash: head.hash,
-                payload: payload.clone(),
+                payload,
             };
             let bytes = postcard::serialize_with_flavor(
                 &event,
@@ -100,7 +100,7 @@ mod tests {
 
     #[test]
     fn sealing_matches_the_canonical_seal() {
-        let items = vec![
+        let items = [
             (
                 Timestamp::from_secs(1_000),
                 EventPayload::ConnectionLost(Note {
@@ -120,7 +120,7 @@ mod tests {
             hash: Digest([9; 32]),
         };
         let sealed = Sealer::default()
-            .seal_batch("n1", head, &items)
+            .seal_batch("n1", head, items.iter().cloned())
             .expect("seals");
         let mut prev = head.hash;
         for (i, s) in sealed.iter().enumerate() {
@@ -145,7 +145,7 @@ mod tests {
             }),
         )];
         let err = Sealer::default()
-            .seal_batch("n1", ChainHead::default(), &items)
+            .seal_batch("n1", ChainHead::default(), items.into_iter())
             .expect_err("too large");
         assert!(matches!(err, JournalError::EventTooLarge { .. }), "{err}");
     }
