@@ -35,9 +35,12 @@
 //! certificate against the fleet CA in `ca.pem` (server usage, as a TLS
 //! client would check it; the agent holds no CRL), the node id, and that
 //! the head hash is the journal's own event at that seq. Then it moves the
-//! `receipted` mark (so the journal may prune), records the desired state
-//! (`inventory.desired`) if the receipt carries one, and records
-//! `connectivity.sync_completed` with `via: bundle`. A receipt at or below
+//! `receipted` mark (so the journal may prune), applies the desired state
+//! if the receipt carries one exactly as the uplink applies QUIC's `Resume`
+//! ([`crate::uplink::desired_items`]: `inventory.desired` when it is new to
+//! the node, and the version, config and policy drift the node detects
+//! against its own twin), and records `connectivity.sync_completed` with
+//! `via: bundle`. A receipt at or below
 //! the current receipted mark changes nothing.
 
 use crate::handle::JournalHandle;
@@ -54,7 +57,9 @@ use sx_common::bundle::{
     decode_receipt,
 };
 use sx_common::event::{SyncCompleted, SyncPath};
-use sx_common::{ChainHead, Checkpoint, Digest, EventPayload, SealedEvent, Span, Timestamp};
+use sx_common::{
+    ChainHead, Checkpoint, Digest, DigitalTwin, EventPayload, SealedEvent, Span, Timestamp,
+};
 
 /// The bundle counter file in the data directory.
 pub const COUNTER_FILE: &str = "bundle-counter";
@@ -129,6 +134,8 @@ pub trait BundleJournal {
         &mut self,
         items: Vec<(Timestamp, EventPayload)>,
     ) -> Result<AppendOutcome, JournalError>;
+    /// The node's own twin, folded from every held event.
+    fn twin(&mut self) -> Result<DigitalTwin, JournalError>;
 }
 
 impl BundleJournal for RedbJournal {
@@ -155,6 +162,14 @@ impl BundleJournal for RedbJournal {
         items: Vec<(Timestamp, EventPayload)>,
     ) -> Result<AppendOutcome, JournalError> {
         Journal::append(self, &items)
+    }
+    fn twin(&mut self) -> Result<DigitalTwin, JournalError> {
+        let mut twin = DigitalTwin::default();
+        self.for_each_event(Journal::marks(self).first_held_seq.max(1), |e| {
+            sx_common::fold::fold_event(&mut twin, e);
+        })?;
+        sx_common::fold::derive(&mut twin);
+        Ok(twin)
     }
 }
 
@@ -197,6 +212,9 @@ impl BundleJournal for RunningJournal {
         items: Vec<(Timestamp, EventPayload)>,
     ) -> Result<AppendOutcome, JournalError> {
         self.runtime.block_on(self.journal.append(items))
+    }
+    fn twin(&mut self) -> Result<DigitalTwin, JournalError> {
+        Ok(self.journal.twin())
     }
 }
 
@@ -443,10 +461,11 @@ pub struct ReceiptApplied {
     /// False when the receipt was at or below the receipted mark already:
     /// nothing was changed or recorded.
     pub applied: bool,
-    /// Whether the receipt carried a desired state (recorded as
-    /// `inventory.desired`).
+    /// Whether the receipt carried a desired state (learned as over QUIC:
+    /// see [`crate::uplink::desired_items`]).
     pub desired_state: bool,
-    /// The seqs of the events recorded (`inventory.desired`,
+    /// The seqs of the events recorded (`inventory.desired` and the drift
+    /// the node detects, when the desired state is new to it, then
     /// `connectivity.sync_completed`).
     pub recorded: Vec<u64>,
 }
@@ -514,10 +533,10 @@ pub fn import_receipt(
         return Ok(outcome);
     }
     journal.set_receipted(receipt.head)?;
-    let mut items = Vec::new();
-    if let Some(desired) = receipt.desired {
-        items.push((now, EventPayload::DesiredStateLearned(desired)));
-    }
+    let mut items = match receipt.desired {
+        Some(desired) => crate::uplink::desired_items(&journal.twin()?, desired, now),
+        None => Vec::new(),
+    };
     items.push((
         now,
         EventPayload::SyncCompleted(SyncCompleted {

@@ -115,10 +115,24 @@ pub async fn learn_desired(
     journal: &JournalHandle,
     desired: sx_common::wire::DesiredState,
 ) -> Result<()> {
-    let twin = journal.twin();
+    let items = desired_items(&journal.twin(), desired, Timestamp::now());
+    if !items.is_empty() {
+        journal.append(items).await?;
+    }
+    Ok(())
+}
+
+/// What learning `desired` records, against the node's own `twin`: the
+/// drift the node detects itself, preceded by `inventory.desired` unless
+/// the twin already holds that desired state. Shared by the QUIC `Resume`
+/// and bundle receipts, so both paths apply desired state alike.
+pub fn desired_items(
+    twin: &sx_common::DigitalTwin,
+    desired: sx_common::wire::DesiredState,
+    now: Timestamp,
+) -> Vec<(Timestamp, EventPayload)> {
     let mut items = Vec::new();
-    let now = Timestamp::now();
-    for drift in sx_common::desired::detect_drift(&twin, &desired) {
+    for drift in sx_common::desired::detect_drift(twin, &desired) {
         items.push((now, drift));
     }
     let known = sx_common::version::strip_component(&twin.software.desired_version)
@@ -135,10 +149,7 @@ pub async fn learn_desired(
     if !known {
         items.insert(0, (now, EventPayload::DesiredStateLearned(desired)));
     }
-    if !items.is_empty() {
-        journal.append(items).await?;
-    }
-    Ok(())
+    items
 }
 
 /// Runs the uplink until `shutdown` fires.

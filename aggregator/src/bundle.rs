@@ -42,10 +42,11 @@
 //!
 //! **Receipt.** Every accepted import produces a receipt file signed with
 //! the aggregator's key (its certificate chain included) naming the node's
-//! durable head and, when known, the node's desired state: through the
-//! running aggregator's API, what the projections resolve for the node (as
-//! QUIC's `Resume` carries); the CLI on a stopped store has no projections
-//! loaded and sends none ([`Importer::with_desired`] is the seam).
+//! durable head and the node's desired state, resolved as QUIC's `Resume`
+//! resolves it: through the running aggregator's API, by the projections;
+//! on a stopped store, by [`stored_desired`] from the declaration the store
+//! records (or the configured file) and the node's stored events
+//! ([`Importer::with_desired`] is the seam).
 //!
 //! Imports run one at a time per process. The CLI opens the store itself
 //! when no aggregator runs on the data directory; otherwise it posts the
@@ -71,9 +72,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use sx_common::DigitalTwin;
 use sx_common::bundle::{Bundle, BundleError, MAX_BUNDLE_BYTES, Receipt, decode_bundle};
 use sx_common::chain::ChainHead;
+use sx_common::desired::{DesiredSpec, NodePlace};
 use sx_common::event::SyncPath;
+use sx_common::fold;
 use sx_common::protocol::Rejection;
 use sx_common::time::Timestamp;
 use sx_common::wire::DesiredState;
@@ -588,6 +592,11 @@ pub struct ImportArgs {
     /// Write each receipt here, as `<node>-<counter>.sxreceipt`.
     #[arg(long)]
     pub receipt_dir: Option<PathBuf>,
+    /// Desired-state declaration (TOML or JSON) the receipts resolve for
+    /// their node when importing on a stopped store (default: the
+    /// configured `desired`, else the declaration the store records).
+    #[arg(long)]
+    pub desired: Option<PathBuf>,
     /// API of the running aggregator, used when it holds the store
     /// (default: the configured `api_listen`).
     #[arg(long)]
@@ -620,6 +629,9 @@ pub fn run_cli(mut config: Config, args: ImportArgs) -> Result<()> {
     if let Some(v) = args.region.clone() {
         config.aggregator.region = v;
     }
+    if let Some(v) = args.desired.clone() {
+        config.aggregator.desired = Some(v);
+    }
     if let Some(dir) = &args.receipt_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -627,8 +639,9 @@ pub fn run_cli(mut config: Config, args: ImportArgs) -> Result<()> {
         .with_context(|| format!("creating {}", config.aggregator.data_dir.display()))?;
     let results = match RedbStore::open(config.store_path()) {
         Ok(store) => {
-            let importer = Importer::from_config(&config)?;
             let store: Arc<dyn EventStore> = Arc::new(store);
+            let importer = Importer::from_config(&config)?
+                .with_desired(stored_desired(&config, store.clone())?);
             let ingest = Ingest::start(
                 store.clone(),
                 GroupCommit {
@@ -692,6 +705,50 @@ pub fn run_cli(mut config: Config, args: ImportArgs) -> Result<()> {
         anyhow::bail!("{refused} of {} bundles refused", args.files.len());
     }
     Ok(())
+}
+
+/// Where receipts get desired state when `import-bundle` runs on a stopped
+/// store: what a running aggregator on it would resolve. The declaration is
+/// the one its recorded changes make, or the configured file (which `serve`
+/// records at start); the node's place (component, region, zone, clusters)
+/// is its twin folded from its stored events, as the projections fold it.
+pub fn stored_desired(config: &Config, store: Arc<dyn EventStore>) -> Result<DesiredLookup> {
+    let mut spec = DesiredSpec::default();
+    for change in store
+        .desired_changes(0)
+        .context("reading the desired state")?
+    {
+        spec.apply(&change.change);
+    }
+    if let Some(path) = &config.aggregator.desired {
+        spec = crate::server::read_desired(path)?;
+    }
+    Ok(Arc::new(move |node: &str| {
+        let twin = stored_twin(store.as_ref(), node).ok()??;
+        Some(spec.resolve(&NodePlace::of(&twin)))
+    }))
+}
+
+/// A node's twin folded from its stored events; `None` for a node the
+/// store does not hold.
+fn stored_twin(store: &dyn EventStore, node: &str) -> Result<Option<DigitalTwin>, StoreError> {
+    let mut twin = DigitalTwin::default();
+    let mut next = 1;
+    loop {
+        let chunk = store.read(node, next, 4_096)?;
+        let Some(last) = chunk.last().map(|e| e.event.seq) else {
+            break;
+        };
+        for e in &chunk {
+            fold::fold_event(&mut twin, &e.event);
+        }
+        next = last + 1;
+    }
+    if next == 1 {
+        return Ok(None);
+    }
+    fold::derive(&mut twin);
+    Ok(Some(twin))
 }
 
 /// Imports every file with `import`, then again those refused for missing

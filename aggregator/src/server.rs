@@ -262,19 +262,25 @@ pub fn load_desired(
     projections: &crate::projection::service::Projections,
     path: &std::path::Path,
 ) -> Result<()> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let spec: sx_common::desired::DesiredSpec = if path.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
-    } else {
-        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
-    };
+    let spec = read_desired(path)?;
     if projections.read(|e| e.desired() != &spec) {
         let by = format!("file:{}", path.display());
         projections.change_desired(&by, sx_common::desired::DesiredChangeKind::Replace { spec })?;
         tracing::info!("desired state loaded from {}", path.display());
     }
     Ok(())
+}
+
+/// Reads a desired-state declaration file: JSON when it ends in `.json`,
+/// else TOML.
+pub fn read_desired(path: &std::path::Path) -> Result<sx_common::desired::DesiredSpec> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    } else {
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
 }
 
 /// Rebuilds the TLS configuration when the CRL file changes, so a

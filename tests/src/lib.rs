@@ -160,6 +160,17 @@ impl AggregatorProcess {
         quic_port: u16,
         api_port: u16,
     ) -> Result<Self> {
+        Self::start_with(fleet, data_dir, quic_port, api_port, &[])
+    }
+
+    /// [`AggregatorProcess::start`] with extra `serve` flags.
+    pub fn start_with(
+        fleet: &TestFleet,
+        data_dir: &Path,
+        quic_port: u16,
+        api_port: u16,
+        extra: &[&str],
+    ) -> Result<Self> {
         let log = std::fs::File::create(data_dir.with_extension("log"))?;
         std::fs::create_dir_all(data_dir)?;
         let child = Command::new(bin("sx-aggregator"))
@@ -174,6 +185,7 @@ impl AggregatorProcess {
             .arg(format!("127.0.0.1:{quic_port}"))
             .arg("--api-listen")
             .arg(format!("127.0.0.1:{api_port}"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use sx_aggregator::store::{EventStore, RedbStore};
-use sx_common::bundle::{BundleHeader, BundleWriter, Compression, decode_bundle};
+use sx_common::bundle::{BundleHeader, BundleWriter, Compression, decode_bundle, decode_receipt};
 use sx_common::chain::{ChainHead, Checkpoint, SealedEvent};
 use sx_common::event::{EventPayload, Note, SyncPath};
 use sx_common::{Event, Timestamp};
@@ -182,25 +182,29 @@ fn air_gapped_node_syncs_by_bundles_out_of_order_then_quic() -> Result<()> {
     let (node, data) = site.node("sx-rempart-gap-node-1")?;
     let id = node.node_id.as_str();
 
-    // Three exports as the journal grows: 1..=12000, 12001..=24000,
-    // 24001..=36000 (init recorded the first two events).
+    // Exports as the journal grows: 1..=12000 (twice: the same range
+    // again is allowed and gets a new counter), 6001..=24000 (overlapping
+    // the first), 24001..=36000 (init recorded the first two events).
     fill_journal(&data, 11_998, 1_000)?;
     let b1 = site.export(&data, "b1.sxbundle", &[])?;
+    let b1_again = site.export(&data, "b1-again.sxbundle", &[])?;
     fill_journal(&data, 12_000, 1_000)?;
-    let b2 = site.export(&data, "b2.sxbundle", &["--from", "12001"])?;
+    let b2 = site.export(&data, "b2.sxbundle", &["--from", "6001"])?;
     fill_journal(&data, 12_000, 1_000)?;
     let b3 = site.export(&data, "b3.sxbundle", &["--from", "24001", "--no-compress"])?;
-    for (b, first, last, counter) in [(&b1, 1, 12_000, 1), (&b2, 12_001, 24_000, 2)] {
+    for (b, first, last, counter) in [
+        (&b1, 1, 12_000, 1),
+        (&b1_again, 1, 12_000, 2),
+        (&b2, 6_001, 24_000, 3),
+        (&b3, 24_001, 36_000, 4),
+    ] {
         assert_eq!(
             (seq(b, "first_seq"), seq(b, "last_seq"), seq(b, "counter")),
             (first, last, counter),
             "{b}"
         );
     }
-    assert_eq!(
-        (seq(&b3, "first_seq"), seq(&b3, "last_seq")),
-        (24_001, 36_000)
-    );
+    assert_eq!(b1["head_hash"], b1_again["head_hash"]);
     assert_eq!(agent_status(&data)?["exported_seq"], 36_000);
 
     // The latest range first: refused, nothing stored.
@@ -241,19 +245,25 @@ fn air_gapped_node_syncs_by_bundles_out_of_order_then_quic() -> Result<()> {
     assert_eq!(snapshot(&site.aggregator_dir)?.events, 12_000);
 
     // The last range before the middle one, in one run: the last is
-    // refused, then retried once the middle one filled the gap.
+    // refused, then retried once the middle one filled the gap. The middle
+    // one overlaps the first: of its 18,000 events the 12,000 new merge.
     let (ok, r) = site.import(&[&site.bundle("b3.sxbundle"), &site.bundle("b2.sxbundle")])?;
     assert!(ok, "{r:?}");
     assert_eq!(seq(&r[0], "new_events"), 12_000, "{r:?}");
     assert_eq!(seq(&r[1], "new_events"), 12_000, "{r:?}");
     let (ok, r) = site.import(&[&site.bundle("b2.sxbundle")])?;
     assert!(ok && r[0]["outcome"] == "already-held", "{r:?}");
+    // The copy of the first range: an older counter, nothing new, harmless.
+    let before = snapshot(&site.aggregator_dir)?;
+    let (ok, r) = site.import(&[&site.bundle("b1-again.sxbundle")])?;
+    assert!(ok && r[0]["outcome"] == "already-held", "{r:?}");
     let snap = snapshot(&site.aggregator_dir)?;
+    assert_eq!(snap, before);
     assert_eq!(snap.events, 36_000);
     assert_eq!(snap.heads[0].1.seq, 36_000);
 
     // The receipt of the newest import goes back: the node may prune.
-    let receipt = site.receipt(id, 3);
+    let receipt = site.receipt(id, 4);
     let applied = agent_cmd(
         &data,
         &[
@@ -304,10 +314,21 @@ fn air_gapped_node_syncs_by_bundles_out_of_order_then_quic() -> Result<()> {
         (36_001, 50_000)
     );
 
-    // The aggregator runs now: import goes through its API.
+    // The aggregator runs now, with a desired state: import goes through
+    // its API, and the receipt carries what it resolves for the node.
+    let desired = site.fleet.path().join("desired.json");
+    std::fs::write(
+        &desired,
+        r#"{"software": [{"component": "souverix-rempart", "scope": "fleet", "version": "2.4.1"}]}"#,
+    )?;
     let (quic_port, api_port) = (free_udp_port(), free_tcp_port());
-    let aggregator =
-        AggregatorProcess::start(&site.fleet, &site.aggregator_dir, quic_port, api_port)?;
+    let aggregator = AggregatorProcess::start_with(
+        &site.fleet,
+        &site.aggregator_dir,
+        quic_port,
+        api_port,
+        &["--desired", desired.to_str().context("utf-8")?],
+    )?;
     let api = aggregator.api.to_string();
     let (ok, r) = site.import_with(
         &[&site.bundle("b4.sxbundle"), &site.bundle("b1.sxbundle")],
@@ -318,6 +339,12 @@ fn air_gapped_node_syncs_by_bundles_out_of_order_then_quic() -> Result<()> {
     assert!(ok, "{r:?}\n{}", log());
     assert_eq!(seq(&r[0], "new_events"), 14_000);
     assert_eq!(r[1]["outcome"], "already-held");
+    let receipt = decode_receipt(&std::fs::read(site.receipt(id, 5))?)?.receipt;
+    assert_eq!(receipt.head.seq, 50_000);
+    assert_eq!(
+        receipt.desired.and_then(|d| d.software_version).as_deref(),
+        Some("2.4.1")
+    );
     let n = aggregator.node_status(id)?.context("node status")?;
     assert_eq!(n["acked_seq"], 50_000, "{n}");
     assert_eq!(n["last_sync_via"], "bundle", "{n}");
@@ -353,15 +380,175 @@ fn air_gapped_node_syncs_by_bundles_out_of_order_then_quic() -> Result<()> {
         stable.then_some(acked)
     })?;
     agent.stop()?;
+
+    // The node's twin and connectivity ledger at the aggregator are the
+    // ones its own journal folds to, up to what the aggregator holds.
+    let held = journal(&data)?;
+    let durable = aggregator.node_status(id)?.context("node status")?["acked_seq"]
+        .as_u64()
+        .context("acked seq")?;
+    assert!(durable >= head);
+    let upto: Vec<&Event> = held
+        .iter()
+        .map(|e| &e.event)
+        .take_while(|e| e.seq <= durable)
+        .collect();
+    let twin = serde_json::to_value(sx_common::fold::twin_from_events(upto.iter().copied()))?;
+    let shown = wait_for(Duration::from_secs(30), "the projections", || {
+        let t = get_json(aggregator.api, &format!("/api/v1/twins/{id}")).ok()?;
+        (t["twin"]["last_seq"].as_u64() == Some(durable)).then_some(t)
+    })?;
+    assert_eq!(shown["twin"], twin);
+    let ledger = sx_common::ledger::ConnectivityLedger::from_events(id, upto.iter().copied());
+    assert!(!ledger.history.is_empty(), "the QUIC session's transitions");
+    assert_eq!(
+        get_json(aggregator.api, &format!("/api/v1/twins/{id}/ledger"))?,
+        serde_json::to_value(&ledger)?
+    );
     drop(aggregator);
 
     let stored = stored_stream(&site.aggregator_dir, id)?;
-    let held = journal(&data)?;
-    assert!(stored.events.len() as u64 >= head);
-    assert_eq!(stored.events.len(), held.len(), "every event, exactly once");
+    assert_eq!(
+        stored.events.len() as u64,
+        durable,
+        "every event, exactly once"
+    );
+    assert_eq!(
+        stored.events.len(),
+        held.len(),
+        "the node holds nothing more"
+    );
     for (s, j) in stored.events.iter().zip(&held) {
         assert_eq!((s.event.seq, s.hash), (j.event.seq, j.hash));
     }
+
+    // A bundle of what QUIC delivered changes nothing and says so.
+    let quic_range = site.export(
+        &data,
+        "quic-range.sxbundle",
+        &["--from", "50001", "--to", &durable.to_string()],
+    )?;
+    let before = snapshot(&site.aggregator_dir)?;
+    let (ok, r) = site.import(&[&site.bundle("quic-range.sxbundle")])?;
+    assert!(ok, "{r:?}");
+    assert_eq!(
+        (r[0]["outcome"].as_str(), seq(&r[0], "new_events")),
+        (Some("already-held"), 0),
+        "{quic_range}"
+    );
+    assert_eq!(snapshot(&site.aggregator_dir)?, before);
+
+    // The default export starts after what the aggregator acknowledged.
+    fill_journal(&data, 1, 1)?;
+    let status = agent_status(&data)?;
+    assert_eq!(status["acked_seq"], durable, "{status}");
+    let rest = site.export(&data, "rest.sxbundle", &[])?;
+    assert_eq!(seq(&rest, "first_seq"), durable + 1, "{rest}");
+    Ok(())
+}
+
+/// Receipts carry the node's desired state whichever way the bundle went
+/// in: `import-bundle` on a stopped store resolves the declaration for the
+/// node's place as its stored events tell it (the most specific rule wins),
+/// a running aggregator as its projections do. `import-receipt` applies it
+/// as the QUIC handshake does: `inventory.desired`, then the drift the node
+/// detects against what it runs.
+#[test]
+fn receipts_carry_the_resolved_desired_state_and_the_node_detects_drift() -> Result<()> {
+    let site = Site::new()?;
+    let (node, data) = site.node("sx-rempart-drift-node-1")?;
+    let id = node.node_id.as_str();
+    agent_cmd(
+        &data,
+        &[
+            "record",
+            "inventory.software",
+            r#"{"component": "souverix-rempart", "version": "2.3.9",
+                "sbom_hash": "sha256:00", "image_provenance": "registry.local/rempart"}"#,
+        ],
+    )?;
+    fill_journal(&data, 10, 10)?;
+    let desired = site.fleet.path().join("desired.json");
+    std::fs::write(
+        &desired,
+        r#"{"software": [
+            {"component": "souverix-rempart", "scope": "fleet", "version": "2.4.0"},
+            {"component": "souverix-rempart", "scope": {"zone": "edge-zone-a1"}, "version": "2.4.1"},
+            {"component": "souverix-rempart", "scope": {"zone": "edge-zone-b1"}, "version": "9.9.9"},
+            {"component": "souverix-coeur", "scope": "fleet", "version": "7.0.0"}
+        ], "policy": [{"scope": "fleet", "version": "pol-2026.02"}]}"#,
+    )?;
+    let desired = desired.to_str().context("utf-8")?;
+    site.export(&data, "b1.sxbundle", &[])?;
+    let resolved = |path: &Path| -> Result<Option<sx_common::event::DesiredStateLearned>> {
+        Ok(decode_receipt(&std::fs::read(path)?)?.receipt.desired)
+    };
+
+    // On the stopped store.
+    let (ok, r) = site.import_with(&[&site.bundle("b1.sxbundle")], &["--desired", desired])?;
+    assert!(ok, "{r:?}");
+    let offline = resolved(&site.receipt(id, 1))?.context("desired state in the receipt")?;
+    assert_eq!(
+        (
+            offline.software_version.as_deref(),
+            offline.policy_version.as_deref()
+        ),
+        (Some("2.4.1"), Some("pol-2026.02"))
+    );
+
+    // Through a running aggregator with the same declaration: the same.
+    let (quic_port, api_port) = (free_udp_port(), free_tcp_port());
+    let aggregator = AggregatorProcess::start_with(
+        &site.fleet,
+        &site.aggregator_dir,
+        quic_port,
+        api_port,
+        &["--desired", desired],
+    )?;
+    let api = aggregator.api.to_string();
+    let (ok, r) = site.import_with(&[&site.bundle("b1.sxbundle")], &["--api", &api])?;
+    assert!(ok && r[0]["outcome"] == "already-held", "{r:?}");
+    assert_eq!(resolved(&site.receipt(id, 1))?, Some(offline.clone()));
+    drop(aggregator);
+
+    // The node learns it and detects its own drift, once.
+    let receipt = site.receipt(id, 1);
+    let receipt = receipt.to_str().context("utf-8")?;
+    let applied: Value =
+        serde_json::from_str(&agent_cmd(&data, &["import-receipt", "--json", receipt])?)?;
+    assert_eq!(
+        applied["recorded"].as_array().map(Vec::len),
+        Some(3),
+        "{applied}"
+    );
+    let events = journal(&data)?;
+    let types: Vec<&str> = events
+        .iter()
+        .rev()
+        .take(3)
+        .rev()
+        .map(|e| e.event.event_type())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "inventory.desired",
+            "drift.version_detected",
+            "connectivity.sync_completed"
+        ]
+    );
+    let drift = events.iter().find_map(|e| match &e.event.payload {
+        EventPayload::VersionDrift(d) => Some(d.clone()),
+        _ => None,
+    });
+    let drift = drift.context("version drift recorded")?;
+    assert_eq!(
+        (drift.desired.as_str(), drift.actual.as_str()),
+        ("2.4.1", "2.3.9")
+    );
+    let again: Value =
+        serde_json::from_str(&agent_cmd(&data, &["import-receipt", "--json", receipt])?)?;
+    assert_eq!(again["applied"], false, "{again}");
     Ok(())
 }
 
@@ -525,13 +712,19 @@ fn bad_bundles_are_refused_by_cause_and_change_nothing() -> Result<()> {
         )?;
         site.assert_refused(&file, cause)?;
     }
-    // The control: the same builder with the events untouched is accepted.
+    // The control: the same builder with the events untouched is accepted,
+    // and merges with the 1..=500 already stored.
     let control = write(
         "control.sxbundle",
         &build(&a.node_id, &key_a, &events, ca.clone()),
     )?;
     let (ok, r) = site.import(&[&control])?;
     assert!(ok, "{r:?}");
+    assert_eq!(
+        (seq(&r[0], "first_seq"), seq(&r[0], "new_events")),
+        (1, 500),
+        "{r:?}"
+    );
 
     // Re-signed with another node's key, with node A's certificate: the key
     // is not the certificate's. With node B's certificate: not B's events.
@@ -802,6 +995,33 @@ fn receipts_carry_desired_state_and_must_match_the_journal() -> Result<()> {
     let err = agent_cmd(&data, &["import-receipt", &forged]).expect_err("forged");
     assert!(
         err.to_string().contains("not the certificate's key"),
+        "{err:#}"
+    );
+    // Signed by an aggregator of the same name under another CA.
+    let other = sx_certs::Pki::init(
+        site.fleet.path().join("other-pki"),
+        &sx_certs::CaOptions {
+            common_name: "some-other-ca".into(),
+            ..sx_certs::CaOptions::default()
+        },
+    )?;
+    other.issue_aggregator(&sx_certs::AggregatorRequest::new(AGGREGATOR, REGION))?;
+    let other_dir = other.aggregator_dir(AGGREGATOR);
+    let other_chain: Vec<Vec<u8>> = sx_certs::load_certs_pem(&other_dir.join("chain.pem"))?
+        .into_iter()
+        .map(|c| c.as_ref().to_vec())
+        .collect();
+    let foreign = write(
+        "other-ca.sxreceipt",
+        encode_receipt(
+            &sx_certs::load_signing_key(&other_dir.join("key.pem"))?,
+            receipt(head),
+            &other_chain,
+        ),
+    )?;
+    let err = agent_cmd(&data, &["import-receipt", &foreign]).expect_err("other CA");
+    assert!(
+        err.to_string().contains("not trusted by the fleet CA"),
         "{err:#}"
     );
     let status = agent_status(&data)?;
