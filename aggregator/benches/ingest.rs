@@ -139,6 +139,7 @@ fn main() {
             checkpoint,
             via: SyncPath::Quic,
             received_at: now,
+            news: true,
         })
         .collect();
     let t = Instant::now();

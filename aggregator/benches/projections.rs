@@ -896,6 +896,7 @@ fn main() {
                 checkpoint: cp,
                 via: SyncPath::Quic,
                 received_at: STREAM_START,
+                news: true,
             });
         }
         // Group commits of 64 submissions (3,200 events).
@@ -959,6 +960,7 @@ fn main() {
                 checkpoint: cp,
                 via: SyncPath::Quic,
                 received_at: STREAM_START,
+                news: true,
             }])
             .expect("append");
     }

@@ -15,7 +15,9 @@
 //! single writer ([`Ingest`]) as a [`Submission`] with `via:
 //! SyncPath::Bundle`: the store runs `admit_batch` on it exactly as on a
 //! QUIC batch, dedupes what it holds, records forks as evidence, commits
-//! durably and sets the node's `last_sync`/`last_sync_via`. A bundle whose
+//! durably and sets the node's `last_sync`/`last_sync_via` (only for a
+//! bundle newer than every one imported before: re-importing an old bundle
+//! is no news of the node and leaves its sync debt as it was). A bundle whose
 //! events are all held changes no event and is reported as already held.
 //!
 //! **Out of order.** A bundle that starts past the stored head + 1 is
@@ -287,6 +289,11 @@ impl Importer {
             });
         }
 
+        // Only a bundle newer than every one imported before is news of the
+        // node (moves its last sync); the same or an older one again is not.
+        let news = counters
+            .highest(&node_id)
+            .is_none_or(|highest| manifest.counter > highest);
         let key = verified.bundle.key();
         let mut verdicts = Vec::new();
         for (events, checkpoint) in verified.bundle.into_segments() {
@@ -298,6 +305,7 @@ impl Importer {
                 checkpoint,
                 via: SyncPath::Bundle,
                 received_at: now,
+                news,
             };
             let verdict = ingest
                 .submit(submission)

@@ -504,6 +504,7 @@ async fn drive_session(
                         checkpoint,
                         via: SyncPath::Quic,
                         received_at: Timestamp::now(),
+                        news: true,
                     };
                     match shared.ingest.submit(sub).await {
                         Ok(rx) => pending.push_back((rx, head)),

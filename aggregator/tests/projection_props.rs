@@ -288,6 +288,7 @@ fn submission(i: usize, batch: &SignedBatch) -> Submission {
         checkpoint: batch.checkpoint.clone(),
         via: SyncPath::Quic,
         received_at: STREAM_START,
+        news: true,
     }
 }
 

@@ -334,6 +334,7 @@ fn submission(key: &SigningKey, events: Vec<SealedEvent>) -> Result<Submission> 
         checkpoint,
         via: SyncPath::Quic,
         received_at: at("03:46"),
+        news: true,
     })
 }
 

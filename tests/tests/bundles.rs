@@ -557,7 +557,7 @@ fn receipts_carry_the_resolved_desired_state_and_the_node_detects_drift() -> Res
 /// sync debt (and is not stale), and importing a bundle the store already
 /// holds moves its last sync, in the views at once, with no new event.
 #[test]
-fn an_already_held_bundle_moves_the_sync_debt_the_views_show() -> Result<()> {
+fn only_a_newer_bundle_moves_the_sync_debt_the_views_show() -> Result<()> {
     let site = Site::new()?;
     let (node, data) = site.node("sx-rempart-debt-node-1")?;
     let id = node.node_id.as_str();
@@ -587,8 +587,17 @@ fn an_already_held_bundle_moves_the_sync_debt_the_views_show() -> Result<()> {
     assert!(debt >= sx_common::Span::from_secs(3), "{debt}");
     assert_eq!((stale, stored), (0, 100));
 
+    // The same bundle again is no news of the node: the debt keeps growing.
     let api = aggregator.api.to_string();
     let (ok, r) = site.import_with(&[&site.bundle("b1.sxbundle")], &["--api", &api])?;
+    assert!(ok && r[0]["outcome"] == "already-held", "{r:?}");
+    let (again, stale, stored) = view()?;
+    assert!(again >= debt, "{again} after re-importing, {debt} before");
+    assert_eq!((stale, stored), (0, 100));
+
+    // A newer export of the same events is: the node was heard from.
+    site.export(&data, "b2.sxbundle", &["--from", "1"])?;
+    let (ok, r) = site.import_with(&[&site.bundle("b2.sxbundle")], &["--api", &api])?;
     assert!(ok && r[0]["outcome"] == "already-held", "{r:?}");
     let (debt, stale, stored) = view()?;
     assert!(debt < sx_common::Span::from_secs(3), "{debt}");

@@ -32,6 +32,11 @@ pub struct Submission {
     pub checkpoint: Checkpoint,
     pub via: SyncPath,
     pub received_at: Timestamp,
+    /// Whether this is news from the node (a QUIC batch, or a bundle newer
+    /// than every bundle imported before): only news moves the node's last
+    /// sync, so re-importing an old bundle does not make a silent node
+    /// look synced.
+    pub news: bool,
 }
 
 /// A submission accepted and durably committed.

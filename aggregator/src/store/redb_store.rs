@@ -132,8 +132,10 @@ impl RedbStore {
                         let new_count = (sub.events.len() - ok.first_new) as u64;
                         let mut updated = record.clone();
                         updated.head = ok.head;
-                        updated.last_sync = Some(sub.received_at);
-                        updated.last_sync_via = Some(sub.via);
+                        if sub.news {
+                            updated.last_sync = Some(sub.received_at);
+                            updated.last_sync_via = Some(sub.via);
+                        }
                         updated.cert_fingerprint.clone_from(&sub.cert_fingerprint);
                         updated.public_key = Digest(sub.key.to_bytes());
                         nodes.insert(sub.node_id.as_str(), encode_record(&updated).as_slice())?;
@@ -445,6 +447,7 @@ mod tests {
             checkpoint,
             via: SyncPath::Quic,
             received_at: Timestamp(5_000),
+            news: true,
         }
     }
 
