@@ -26,17 +26,45 @@ use tungstenite::{Message, WebSocket};
 const NODES: usize = 6;
 
 fn chromium_path() -> PathBuf {
-    let path = std::env::var_os("SX_CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    if let Some(path) = std::env::var_os("SX_CHROMIUM") {
+        return PathBuf::from(path);
+    }
+    let path = PathBuf::from("/usr/bin/chromium");
+    if !path.exists() {
+        install_chromium();
+    }
     assert!(
         path.exists(),
-        "{} not found: the UI test needs Chromium. Install it with \
-         `apt-get update && apt-get install -y chromium` (.ci/run does), \
+        "{} not found and installing Debian's chromium failed: the UI test needs \
+         Chromium. Install it with `apt-get update && apt-get install -y chromium`, \
          or point SX_CHROMIUM at a Chromium binary.",
         path.display()
     );
     path
+}
+
+/// Installs Debian's Chromium, as `.ci/run` does, so the README's test
+/// command needs nothing set up beforehand (as root, or through sudo).
+fn install_chromium() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    let apt = |args: &[&str]| {
+        let mut cmd = if root {
+            Command::new("apt-get")
+        } else {
+            let mut sudo = Command::new("sudo");
+            sudo.args(["-n", "apt-get"]);
+            sudo
+        };
+        cmd.args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    eprintln!("installing Debian's chromium for the UI test");
+    let _ = apt(&["update", "-qq"]) && apt(&["install", "-y", "-qq", "chromium"]);
 }
 
 /// A headless Chromium and one page of it, over the DevTools protocol.
