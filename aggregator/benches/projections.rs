@@ -814,20 +814,7 @@ fn main() {
     let decode = t.elapsed();
     drop(bytes);
     let tail_events = (live_events / 10).max(1);
-    let mut tail = Vec::with_capacity(tail_events);
-    for _ in 0..tail_events {
-        let i = rng.below(nodes as u64) as usize;
-        let (seq, at, state) = &mut heads[i];
-        *seq += 1;
-        *at = at.plus(Span::from_secs(rng.below(60)));
-        tail.push(Event {
-            node_id: Fleet::id(i),
-            seq: *seq,
-            timestamp: *at,
-            prev_hash: Digest::GENESIS,
-            payload: fleet.operational(i, *seq, state, &mut rng),
-        });
-    }
+    let tail = next_events(tail_events, &mut rng);
     let t = Instant::now();
     for e in &tail {
         restored.apply(std::iter::once(e));

@@ -554,8 +554,9 @@ fn receipts_carry_the_resolved_desired_state_and_the_node_detects_drift() -> Res
 
 /// The connectivity views follow the aggregator's observations, not only
 /// the events: a node last synced before the aggregator started has that
-/// sync debt (and is not stale), and importing a bundle the store already
-/// holds moves its last sync, in the views at once, with no new event.
+/// sync debt (and is not stale); importing a newer bundle of events the
+/// store already holds moves its last sync, in the views at once, with no
+/// new event, while importing the same bundle again does not.
 #[test]
 fn only_a_newer_bundle_moves_the_sync_debt_the_views_show() -> Result<()> {
     let site = Site::new()?;
