@@ -15,7 +15,8 @@ use std::process::ExitCode;
 use sx_agent::journal::data_dir::{
     self, DATA_DIR_ENV, DEFAULT_DATA_DIR, InitRequest, Initialised, Status,
 };
-use sx_agent::journal::{DataDir, Journal, record_local};
+use sx_agent::journal::{DataDir, Journal, RedbJournal, VerifyReport, record_local};
+use sx_agent::local::{JournalAnswer, JournalQuery};
 use sx_common::event::{ConnectivityTransition, EVENT_TYPES, PayloadError};
 use sx_common::model::ConnectivityState;
 use sx_common::{EventPayload, SealedEvent, Span, Timestamp};
@@ -309,17 +310,73 @@ fn record(dir: &DataDir, args: RecordArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Asks the running agent, if one holds the journal, to read it.
+fn ask_agent(dir: &DataDir, query: JournalQuery) -> Result<Option<JournalAnswer>> {
+    let socket = dir.root().join(sx_agent::local::SOCKET_FILE);
+    sx_agent::local::query_via_socket(&socket, query)
+}
+
+/// Where `log` reads: the running agent, or the journal itself.
+enum LogSource {
+    Agent { first_held: u64 },
+    Journal(Box<RedbJournal>),
+}
+
+impl LogSource {
+    fn open(dir: &DataDir) -> Result<Self> {
+        Ok(match ask_agent(dir, JournalQuery::Status)? {
+            Some(JournalAnswer::Status(s)) => LogSource::Agent {
+                first_held: s.first_held_seq,
+            },
+            Some(_) => {
+                anyhow::bail!("the running agent answered a status query with something else")
+            }
+            None => LogSource::Journal(Box::new(dir.open_journal()?)),
+        })
+    }
+
+    fn first_held(&self) -> u64 {
+        match self {
+            LogSource::Agent { first_held } => *first_held,
+            LogSource::Journal(j) => j.marks().first_held_seq,
+        }
+    }
+
+    fn read(&self, dir: &DataDir, from: u64, max: usize) -> Result<Vec<SealedEvent>> {
+        let LogSource::Journal(journal) = self else {
+            return match ask_agent(
+                dir,
+                JournalQuery::Read {
+                    from: Some(from),
+                    max,
+                },
+            )? {
+                Some(JournalAnswer::Events(events)) => events
+                    .iter()
+                    .map(|e| {
+                        let bytes = hex::decode(e).context("the agent sent an event not in hex")?;
+                        SealedEvent::from_bytes(bytes)
+                            .context("the agent sent an undecodable event")
+                    })
+                    .collect(),
+                Some(_) => anyhow::bail!("the running agent answered a read with something else"),
+                None => anyhow::bail!("the agent stopped while the log was read"),
+            };
+        };
+        Ok(journal.read_range(from, max)?)
+    }
+}
+
 fn log(dir: &DataDir, args: LogArgs) -> Result<ExitCode> {
-    const CHUNK: usize = 1024;
-    let journal = dir.open_journal()?;
-    let mut next = args.from.unwrap_or(journal.marks().first_held_seq);
+    let source = LogSource::open(dir)?;
+    let mut next = args.from.unwrap_or(source.first_held());
     let mut left = args.limit.unwrap_or(usize::MAX);
     let mut out = io::BufWriter::new(io::stdout().lock());
     while left > 0 {
-        let events = journal.read_range(next, left.min(CHUNK))?;
+        let events = source.read(dir, next, left.min(sx_agent::local::MAX_READ))?;
         let Some(last) = events.last() else { break };
         next = last.event.seq + 1;
-        left -= events.len();
+        left = left.saturating_sub(events.len());
         for sealed in &events {
             if args.json {
                 serde_json::to_writer(&mut out, &event_json(sealed))?;
@@ -343,8 +400,11 @@ fn log(dir: &DataDir, args: LogArgs) -> Result<ExitCode> {
 }
 
 fn status(dir: &DataDir, args: OutputArgs) -> Result<ExitCode> {
-    let journal = dir.open_journal()?;
-    let status = Status::of(&journal)?;
+    let status = match ask_agent(dir, JournalQuery::Status)? {
+        Some(JournalAnswer::Status(status)) => status,
+        Some(_) => anyhow::bail!("the running agent answered a status query with something else"),
+        None => Status::of(&dir.open_journal()?)?,
+    };
     if args.json {
         print_json(&status)?;
     } else {
@@ -364,8 +424,14 @@ fn status(dir: &DataDir, args: OutputArgs) -> Result<ExitCode> {
 }
 
 fn verify(dir: &DataDir, args: OutputArgs) -> Result<ExitCode> {
-    let journal = dir.open_journal()?;
-    match journal.verify() {
+    // Through the running agent, the error comes back as its text.
+    let verified: Result<VerifyReport, anyhow::Error> = match ask_agent(dir, JournalQuery::Verify)?
+    {
+        Some(JournalAnswer::Verified(result)) => result.map_err(anyhow::Error::msg),
+        Some(_) => anyhow::bail!("the running agent answered a verify query with something else"),
+        None => dir.open_journal()?.verify().map_err(anyhow::Error::from),
+    };
+    match verified {
         Ok(report) => {
             if args.json {
                 print_json(&json!({ "ok": true, "report": report }))?;
@@ -384,8 +450,7 @@ fn verify(dir: &DataDir, args: OutputArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(error) if args.json => {
-            let error = format!("{:#}", anyhow::Error::from(error));
-            print_json(&json!({ "ok": false, "error": error }))?;
+            print_json(&json!({ "ok": false, "error": format!("{error:#}") }))?;
             Ok(ExitCode::FAILURE)
         }
         Err(error) => Err(error).context("journal verification failed"),

@@ -298,6 +298,18 @@ impl JournalHandle {
         self.with(move |j| j.prune(now, retention)).await
     }
 
+    /// The journal's status, as `sx-agent status` shows it.
+    pub async fn status(&self) -> Result<crate::journal::data_dir::Status, JournalError> {
+        self.with(|j| crate::journal::data_dir::Status::of(&*j))
+            .await
+    }
+
+    /// Verifies the whole journal. Recording waits while it runs (about a
+    /// second per million events).
+    pub async fn verify(&self) -> Result<crate::journal::VerifyReport, JournalError> {
+        self.with(|j| j.verify()).await
+    }
+
     /// Up to `max` events from `from`.
     pub async fn read(
         &self,

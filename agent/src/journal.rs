@@ -36,7 +36,7 @@ pub use data_dir::{DataDir, record_local};
 pub use error::JournalError;
 pub use redb_journal::{CHECKPOINTS_TABLE, EVENTS_TABLE, META_TABLE, RedbJournal, RetiredKey};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sx_common::{ChainHead, Checkpoint, Digest, EventPayload, SealedEvent, Span, Timestamp};
 
 /// A node's local event journal.
@@ -181,7 +181,7 @@ impl Marks {
 }
 
 /// The result of a successful [`Journal::verify`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyReport {
     pub node_id: String,
     /// First held seq: verification starts from the last pruned hash.

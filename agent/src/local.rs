@@ -16,11 +16,17 @@
 //! (a [`RotateRequest`]), answered with `{"ok": true, "rotated": ...}` (a
 //! [`Rotated`]) once the rotation is durable and the uplink was told to
 //! reconnect with the new certificate.
+//!
+//! Or a read of the journal, `{"query": "status"}`, `{"query": "verify"}`
+//! or `{"query": {"read": {"from": 1, "max": 1024}}}` (a [`JournalQuery`]),
+//! answered with `{"ok": true, "journal": ...}` (a [`JournalAnswer`]): how
+//! `sx-agent status`, `verify` and `log` work while the agent runs.
 
 use crate::bundle::{LocalAnswer, LocalRequest};
 use crate::handle::JournalHandle;
-use crate::journal::DataDir;
+use crate::journal::data_dir::Status;
 use crate::journal::rotation::{RotateRequest, Rotated};
+use crate::journal::{DataDir, VerifyReport};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -53,6 +59,38 @@ struct Request {
     /// A certificate rotation instead of events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rotate: Option<RotateRequest>,
+    /// A read of the journal instead of events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    query: Option<JournalQuery>,
+}
+
+/// Most events one [`JournalQuery::Read`] answers with.
+pub const MAX_READ: usize = 1024;
+
+/// A read of the journal the running agent holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JournalQuery {
+    Status,
+    /// The whole journal (recording waits while it runs).
+    Verify,
+    /// Up to `max` (at most [`MAX_READ`]) events from seq `from` (from the
+    /// first held one when absent).
+    Read {
+        from: Option<u64>,
+        max: usize,
+    },
+}
+
+/// The answer to a [`JournalQuery`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JournalAnswer {
+    Status(Status),
+    /// The report, or why the journal does not verify.
+    Verified(Result<VerifyReport, String>),
+    /// Sealed events in their canonical bytes, hex.
+    Events(Vec<String>),
 }
 
 /// One recorded event, as answered.
@@ -74,6 +112,8 @@ struct Answer {
     bundle: Option<LocalAnswer>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rotated: Option<Rotated>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    journal: Option<JournalAnswer>,
 }
 
 /// Turns request items into payloads; the first bad one fails the whole
@@ -138,6 +178,7 @@ async fn serve_client(stream: UnixStream, journal: JournalHandle, dir: DataDir) 
                 error: Some(format!("{e:#}")),
                 bundle: None,
                 rotated: None,
+                journal: None,
             },
         };
         let mut out = serde_json::to_vec(&answer)?;
@@ -157,7 +198,12 @@ async fn handle_request(line: &str, journal: &JournalHandle, dir: &DataDir) -> R
         error: None,
         bundle: None,
         rotated: None,
+        journal: None,
     };
+    if let Some(query) = req.query {
+        answer.journal = Some(answer_query(query, journal).await?);
+        return Ok(answer);
+    }
     if let Some(op) = req.bundle {
         answer.bundle = Some(crate::bundle::serve_local(op, dir.clone(), journal.clone()).await?);
         return Ok(answer);
@@ -196,6 +242,45 @@ async fn handle_request(line: &str, journal: &JournalHandle, dir: &DataDir) -> R
     Ok(answer)
 }
 
+async fn answer_query(query: JournalQuery, journal: &JournalHandle) -> Result<JournalAnswer> {
+    Ok(match query {
+        JournalQuery::Status => JournalAnswer::Status(journal.status().await?),
+        JournalQuery::Verify => JournalAnswer::Verified(
+            journal
+                .verify()
+                .await
+                .map_err(|e| format!("{:#}", anyhow::Error::from(e))),
+        ),
+        JournalQuery::Read { from, max } => {
+            let from = match from {
+                Some(from) => from,
+                None => journal.marks().await.first_held_seq,
+            };
+            let events = journal.read(from, max.min(MAX_READ)).await?;
+            JournalAnswer::Events(events.iter().map(|e| hex::encode(&e.bytes)).collect())
+        }
+    })
+}
+
+/// Reads the journal through a running agent's socket. `Ok(None)` when no
+/// agent listens there (the caller then opens the journal itself).
+pub fn query_via_socket(path: &Path, query: JournalQuery) -> Result<Option<JournalAnswer>> {
+    let request = Request {
+        events: Vec::new(),
+        bundle: None,
+        rotate: None,
+        query: Some(query),
+    };
+    match ask(path, &request)? {
+        None => Ok(None),
+        Some(Answer {
+            journal: Some(answer),
+            ..
+        }) => Ok(Some(answer)),
+        Some(_) => bail!("the running agent does not answer journal queries (an older agent?)"),
+    }
+}
+
 /// Records through a running agent's socket. `Ok(None)` when no agent
 /// listens there (the caller then appends directly).
 pub fn record_via_socket(path: &Path, items: Vec<RecordItem>) -> Result<Option<Vec<Recorded>>> {
@@ -203,6 +288,7 @@ pub fn record_via_socket(path: &Path, items: Vec<RecordItem>) -> Result<Option<V
         events: items,
         bundle: None,
         rotate: None,
+        query: None,
     };
     Ok(ask(path, &request)?.map(|answer| answer.events))
 }
@@ -214,6 +300,7 @@ pub fn bundle_via_socket(path: &Path, op: LocalRequest) -> Result<Option<LocalAn
         events: Vec::new(),
         bundle: Some(op),
         rotate: None,
+        query: None,
     };
     match ask(path, &request)? {
         None => Ok(None),
@@ -234,6 +321,7 @@ pub fn rotate_via_socket(path: &Path, request: RotateRequest) -> Result<Option<R
         events: Vec::new(),
         bundle: None,
         rotate: Some(request),
+        query: None,
     };
     match ask(path, &request)? {
         None => Ok(None),

@@ -19,7 +19,7 @@ use super::{AppendOutcome, Journal, JournalError, Marks, RedbJournal};
 use ed25519_dalek::SigningKey;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::{CertificateDer, UnixTime};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -286,7 +286,7 @@ pub fn record_local(
 }
 
 /// The journal's position and delivery state, as `sx-agent status` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     pub node_id: String,
     pub head_seq: u64,
