@@ -9,7 +9,6 @@ use anyhow::{Context, Result, anyhow, bail};
 use rand::Rng;
 use std::time::Duration;
 use sx_common::chain::ChainHead;
-use sx_common::codec::DecodeError;
 use sx_common::connectivity::{Link, Observation, Thresholds, next_state};
 use sx_common::event::{
     ConnectionEstablished, EventPayload, Note, ReplayCompleted, ReplayStarted, SyncCompleted,
@@ -18,7 +17,7 @@ use sx_common::event::{
 use sx_common::model::ConnectivityState;
 use sx_common::protocol::{AgentConfig, AgentEvent, AgentSession, SessionEnd};
 use sx_common::time::Timestamp;
-use sx_common::wire::{self, AggregatorMessage, FRAME_HEADER_BYTES, MAX_FRAME_BYTES};
+use sx_common::wire;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// The connectivity state machine's driver: current state, thresholds, and
@@ -304,34 +303,6 @@ async fn connect(
         .context("QUIC/TLS handshake")
 }
 
-async fn read_frames(
-    mut recv: quinn::RecvStream,
-    tx: mpsc::Sender<Result<AggregatorMessage, DecodeError>>,
-) {
-    loop {
-        let mut header = [0u8; FRAME_HEADER_BYTES];
-        if recv.read_exact(&mut header).await.is_err() {
-            return;
-        }
-        let len = match wire::parse_header(header, MAX_FRAME_BYTES) {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = tx.send(Err(e)).await;
-                return;
-            }
-        };
-        let mut body = vec![0u8; len];
-        if recv.read_exact(&mut body).await.is_err() {
-            return;
-        }
-        let msg = wire::decode_body::<AggregatorMessage>(&body);
-        let failed = msg.is_err();
-        if tx.send(msg).await.is_err() || failed {
-            return;
-        }
-    }
-}
-
 fn protocol_config(config: &Config) -> AgentConfig {
     let us = |d: Duration| d.as_micros().min(i64::MAX as u128) as i64;
     AgentConfig {
@@ -372,7 +343,7 @@ async fn drive(
         Timestamp::now(),
     );
     let (tx, mut rx) = mpsc::channel(64);
-    let reader = tokio::spawn(read_frames(recv, tx));
+    let reader = tokio::spawn(sx_common::quic::read_frames(recv, tx));
     let mut heads = journal.watch_head();
     let mut credentials = journal.watch_credentials();
     if credentials.borrow_and_update().public_key() != session_key {

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use sx_common::event::SyncPath;
 use sx_common::protocol::{AggregatorConfig, AggregatorEvent, AggregatorSession, Rejection};
 use sx_common::time::Timestamp;
-use sx_common::wire::{self, AgentMessage, FRAME_HEADER_BYTES, MAX_FRAME_BYTES};
+use sx_common::wire;
 use tokio::sync::{mpsc, oneshot};
 
 /// Why a connection or session was refused; kept for operators and metrics.
@@ -422,35 +422,6 @@ async fn handle_connection(conn: quinn::Connection, shared: Arc<Shared>) {
     }
 }
 
-/// Reads frames into messages until the stream ends or a frame is bad.
-async fn read_frames(
-    mut recv: quinn::RecvStream,
-    tx: mpsc::Sender<Result<AgentMessage, sx_common::codec::DecodeError>>,
-) {
-    loop {
-        let mut header = [0u8; FRAME_HEADER_BYTES];
-        if recv.read_exact(&mut header).await.is_err() {
-            return;
-        }
-        let body_len = match wire::parse_header(header, MAX_FRAME_BYTES) {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = tx.send(Err(e)).await;
-                return;
-            }
-        };
-        let mut body = vec![0u8; body_len];
-        if recv.read_exact(&mut body).await.is_err() {
-            return;
-        }
-        let msg = wire::decode_body::<AgentMessage>(&body);
-        let failed = msg.is_err();
-        if tx.send(msg).await.is_err() || failed {
-            return;
-        }
-    }
-}
-
 /// Drives one session; returns the refusal if the session was refused.
 async fn drive_session(
     shared: &Arc<Shared>,
@@ -466,7 +437,7 @@ async fn drive_session(
     let node = identity.node_id.as_str();
     let mut session = AggregatorSession::new(cfg, node, Timestamp::now());
     let (tx, mut rx) = mpsc::channel(64);
-    let reader = tokio::spawn(read_frames(recv, tx));
+    let reader = tokio::spawn(sx_common::quic::read_frames(recv, tx));
     let mut pending: VecDeque<(oneshot::Receiver<Verdict>, Option<sx_common::ChainHead>)> =
         VecDeque::new();
     let mut out = Vec::new();

@@ -25,6 +25,8 @@ pub mod event;
 pub mod fold;
 pub mod ledger;
 pub mod model;
+#[cfg(feature = "quic")]
+pub mod quic;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;
