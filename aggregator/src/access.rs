@@ -11,9 +11,10 @@
 //! - the session cookie the web UI's login form sets (`POST /login` with the
 //!   token): browsers cannot put a header on the page load or on the
 //!   `EventSource` of the live stream, but they send a same-site cookie on
-//!   both. The cookie holds a digest of the token, not the token, and is
-//!   `HttpOnly; SameSite=Strict`, so other sites can neither read it nor
-//!   make the browser send it.
+//!   both. The cookie holds its expiry and a digest of the token and that
+//!   expiry, not the token: it opens the API for [`SESSION_LIFETIME`] and
+//!   is refused after, and it is `HttpOnly; SameSite=Strict`, so other
+//!   sites can neither read it nor make the browser send it.
 //!
 //! The aggregator refuses to start beyond loopback without a token
 //! ([`ApiAccess::from_config`]). Tokens are compared in constant time.
@@ -39,6 +40,9 @@ pub const MIN_TOKEN_BYTES: usize = 16;
 /// The UI session cookie.
 pub const SESSION_COOKIE: &str = "sx_operator";
 
+/// How long a UI session lasts after the login.
+pub const SESSION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+
 /// Routes that answer without a credential: liveness and the login page.
 const PUBLIC_PATHS: [&str; 2] = ["/healthz", "/login"];
 
@@ -59,7 +63,6 @@ pub enum ApiAccess {
 #[derive(Clone)]
 pub struct OperatorToken {
     token_digest: [u8; 32],
-    session: String,
 }
 
 impl std::fmt::Debug for OperatorToken {
@@ -111,11 +114,8 @@ impl ApiAccess {
 
 impl OperatorToken {
     pub fn new(token: &str) -> Self {
-        let token_digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let session = hex::encode(session_digest(&token_digest));
         OperatorToken {
-            token_digest,
-            session,
+            token_digest: Sha256::digest(token.as_bytes()).into(),
         }
     }
 
@@ -125,21 +125,37 @@ impl OperatorToken {
         self.token_digest.ct_eq(&given).into()
     }
 
-    /// Whether `given` is the UI session cookie value for the token.
-    fn session_matches(&self, given: &str) -> bool {
-        // Both are 64 hex digits when valid; compare digests so a wrong
-        // length costs the same as a wrong value.
-        let want: [u8; 32] = Sha256::digest(self.session.as_bytes()).into();
+    /// The UI session cookie value for a session ending at `expires`
+    /// (Unix seconds): `<expires>-<digest of the token and expires>`.
+    fn session(&self, expires: u64) -> String {
+        let mut h = Sha256::new();
+        h.update(b"sx-aggregator ui session v2\0");
+        h.update(self.token_digest);
+        h.update(expires.to_be_bytes());
+        format!("{expires}-{}", hex::encode(h.finalize()))
+    }
+
+    /// Whether `given` is a UI session cookie value for the token that has
+    /// not expired at `now` (Unix seconds).
+    fn session_matches(&self, given: &str, now: u64) -> bool {
+        let Some(expires) = given
+            .split_once('-')
+            .and_then(|(e, _)| e.parse::<u64>().ok())
+        else {
+            return false;
+        };
+        // Compare digests so a wrong length costs the same as a wrong
+        // value.
+        let want: [u8; 32] = Sha256::digest(self.session(expires).as_bytes()).into();
         let got: [u8; 32] = Sha256::digest(given.as_bytes()).into();
-        want.ct_eq(&got).into()
+        bool::from(want.ct_eq(&got)) && now < expires
     }
 }
 
-fn session_digest(token_digest: &[u8; 32]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b"sx-aggregator ui session v1\0");
-    h.update(token_digest);
-    h.finalize().into()
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Whether `given` equals `expected`, compared in constant time (over their
@@ -179,7 +195,7 @@ enum Credential {
     Valid,
 }
 
-fn credential(token: &OperatorToken, headers: &HeaderMap) -> Credential {
+fn credential(token: &OperatorToken, headers: &HeaderMap, now: u64) -> Credential {
     if let Some(given) = bearer(headers) {
         return if token.matches(given) {
             Credential::Valid
@@ -188,7 +204,7 @@ fn credential(token: &OperatorToken, headers: &HeaderMap) -> Credential {
         };
     }
     match session_cookie(headers) {
-        Some(s) if token.session_matches(s) => Credential::Valid,
+        Some(s) if token.session_matches(s, now) => Credential::Valid,
         Some(_) => Credential::Wrong,
         None => Credential::Missing,
     }
@@ -211,7 +227,7 @@ pub async fn require_operator(
         return next.run(request).await;
     }
     let found = match token {
-        Some(token) => credential(token, request.headers()),
+        Some(token) => credential(token, request.headers(), unix_now()),
         None if bearer(request.headers()).is_some() => Credential::Wrong,
         None => Credential::Missing,
     };
@@ -264,9 +280,10 @@ async fn login(State(shared): State<Arc<Shared>>, Form(form): Form<LoginForm>) -
     if !token.matches(&form.token) {
         return (StatusCode::UNAUTHORIZED, login_page(true)).into_response();
     }
+    let lifetime = SESSION_LIFETIME.as_secs();
     let cookie = format!(
-        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
-        token.session
+        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={lifetime}",
+        token.session(unix_now() + lifetime)
     );
     let mut response = Redirect::to("/").into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -379,6 +396,7 @@ mod tests {
 
     #[test]
     fn credentials_are_read_from_the_header_or_the_session_cookie() {
+        const NOW: u64 = 1_800_000_000;
         let token = OperatorToken::new("0123456789abcdef-operator");
         let headers = |pairs: &[(header::HeaderName, &str)]| {
             let mut h = HeaderMap::new();
@@ -389,40 +407,74 @@ mod tests {
         };
         let auth = header::AUTHORIZATION;
         let cookie = header::COOKIE;
-        assert_eq!(credential(&token, &headers(&[])), Credential::Missing);
+        assert_eq!(credential(&token, &headers(&[]), NOW), Credential::Missing);
         assert_eq!(
             credential(
                 &token,
-                &headers(&[(auth.clone(), "Bearer 0123456789abcdef-operator")])
+                &headers(&[(auth.clone(), "Bearer 0123456789abcdef-operator")]),
+                NOW
             ),
             Credential::Valid
         );
         assert_eq!(
             credential(
                 &token,
-                &headers(&[(auth.clone(), "bearer 0123456789abcdef-operator")])
+                &headers(&[(auth.clone(), "bearer 0123456789abcdef-operator")]),
+                NOW
             ),
             Credential::Valid
         );
         assert_eq!(
-            credential(&token, &headers(&[(auth.clone(), "Bearer nope")])),
+            credential(&token, &headers(&[(auth.clone(), "Bearer nope")]), NOW),
             Credential::Wrong
         );
         // The raw token is not a session cookie; the session digest is.
         assert_eq!(
             credential(
                 &token,
-                &headers(&[(cookie.clone(), "sx_operator=0123456789abcdef-operator")])
+                &headers(&[(cookie.clone(), "sx_operator=0123456789abcdef-operator")]),
+                NOW
             ),
             Credential::Wrong
         );
-        let session = format!("theme=dark; {SESSION_COOKIE}={}", token.session);
+        let expires = NOW + 60;
+        let session = format!("theme=dark; {SESSION_COOKIE}={}", token.session(expires));
+        let with_session = headers(&[(cookie.clone(), &session)]);
+        assert_eq!(credential(&token, &with_session, NOW), Credential::Valid);
+        // Expired, at its end and after.
         assert_eq!(
-            credential(&token, &headers(&[(cookie.clone(), &session)])),
-            Credential::Valid
+            credential(&token, &with_session, expires),
+            Credential::Wrong
         );
         assert_eq!(
-            credential(&token, &headers(&[(cookie, "theme=dark")])),
+            credential(&token, &with_session, expires + 1),
+            Credential::Wrong
+        );
+        // A later expiry written by hand does not match the digest.
+        let forged =
+            token
+                .session(expires)
+                .replacen(&expires.to_string(), &(expires + 3600).to_string(), 1);
+        assert_eq!(
+            credential(
+                &token,
+                &headers(&[(cookie.clone(), &format!("{SESSION_COOKIE}={forged}"))]),
+                NOW
+            ),
+            Credential::Wrong
+        );
+        // Another token's session does not open this one.
+        let other = OperatorToken::new("another-operator-token").session(expires);
+        assert_eq!(
+            credential(
+                &token,
+                &headers(&[(cookie.clone(), &format!("{SESSION_COOKIE}={other}"))]),
+                NOW
+            ),
+            Credential::Wrong
+        );
+        assert_eq!(
+            credential(&token, &headers(&[(cookie, "theme=dark")]), NOW),
             Credential::Missing
         );
     }

@@ -185,7 +185,7 @@ fn beyond_loopback_every_route_needs_the_operator_credential() -> Result<()> {
     assert_eq!(r.status, 303, "{}", r.body);
     assert_eq!(r.header("location"), Some("/"));
     let set_cookie = r.header("set-cookie").context("a session cookie")?;
-    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=43200"] {
         assert!(set_cookie.contains(attribute), "{set_cookie}");
     }
     assert!(
