@@ -10,8 +10,9 @@
 //! - **journal**: a fresh [`RedbJournal`], one [`Journal::append_owned`] per batch
 //!   of the same payloads, handed over by value as the daemon's
 //!   `JournalHandle` does (built before the clock starts, like the raw
-//!   side's bytes); timed: encode, hash, sign, event rows + a checkpoint
-//!   row, durable commit; the returned events are dropped untimed;
+//!   side's bytes); timed: encode, hash, sign, the run row(s) of the
+//!   batch + a checkpoint row, durable commit; the returned events are
+//!   dropped untimed;
 //!
 //! and prints the events/s of each over all rounds, their ratio
 //! (journal/raw), and the median over all transaction pairs of the

@@ -34,7 +34,7 @@ mod seal;
 
 pub use data_dir::{DataDir, record_local};
 pub use error::JournalError;
-pub use redb_journal::{CHECKPOINTS_TABLE, EVENTS_TABLE, META_TABLE, RedbJournal, RetiredKey};
+pub use redb_journal::{CHECKPOINTS_TABLE, META_TABLE, RUNS_TABLE, RedbJournal, RetiredKey};
 
 use serde::{Deserialize, Serialize};
 use sx_common::{ChainHead, Checkpoint, Digest, EventPayload, SealedEvent, Span, Timestamp};
@@ -120,6 +120,14 @@ pub trait Journal {
     /// than `now - retention`, stopping at the first event that is not.
     /// Keeps the seq and hash of the last pruned event so the chain still
     /// verifies from the first held event. Returns how many events went.
+    ///
+    /// An implementation may delete events only in whole units of storage
+    /// ([`RedbJournal`]: whole runs, the events of one append transaction,
+    /// at most [`sx_common::run::MAX_RUN`]): a unit that straddles the limit
+    /// or holds one event inside the window is kept whole, with everything
+    /// after it. So pruning may keep up to a unit's worth more than the
+    /// rule allows, never less; [`Marks::first_held_seq`] is always the
+    /// first seq actually held.
     fn prune(&mut self, now: Timestamp, retention: Span) -> Result<u64, JournalError>;
 
     /// Verifies the whole held journal: every event decodes and sits under
@@ -163,8 +171,11 @@ pub struct Marks {
     pub receipted_seq: u64,
     /// Hash of the event at `receipted_seq` (genesis when 0).
     pub receipted_hash: Digest,
-    /// The first seq still held; `head.seq + 1` when every event is pruned
-    /// (and 1 for a journal nothing was ever pruned from).
+    /// The first seq still held (readable, and verified from the last
+    /// pruned hash): one above the last pruned event. Pruning removes whole
+    /// runs, so events at or below `max(acked, receipted)` may still be
+    /// held above this. `head.seq + 1` when every event is pruned (and 1 for
+    /// a journal nothing was ever pruned from).
     pub first_held_seq: u64,
 }
 

@@ -4,9 +4,10 @@
 use ed25519_dalek::SigningKey;
 use redb::{Database, ReadableDatabase};
 use std::path::{Path, PathBuf};
-use sx_agent::journal::{EVENTS_TABLE, Journal, JournalError, RedbJournal};
+use sx_agent::journal::{Journal, JournalError, RUNS_TABLE, RedbJournal};
 use sx_common::codec::MAX_EVENT_BYTES;
 use sx_common::event::{Event, Note, ReplayStarted};
+use sx_common::run::Run;
 use sx_common::{ChainHead, Digest, EventPayload, SealedEvent, Span, Timestamp, VerifyError};
 
 const NODE: &str = "sx-rempart-2026-prod-1-node-42";
@@ -275,8 +276,10 @@ fn prune_respects_marks_and_retention_and_the_chain_still_verifies() {
     let fx = Fixture::new();
     let mut journal = fx.create();
     let old = Timestamp::from_secs(now().as_secs() - 2 * DAY);
-    journal.append(&items(6, old)).expect("old events 1..=6");
-    journal.append(&items(3, now())).expect("new events 7..=9");
+    journal.append(&items(4, old)).expect("old events 1..=4");
+    journal.append(&items(2, old)).expect("old events 5..=6");
+    journal.append(&items(2, now())).expect("new events 7..=8");
+    journal.append(&items(1, now())).expect("new event 9");
     let retention = Span::from_secs(DAY as u64);
 
     assert_eq!(
@@ -298,10 +301,16 @@ fn prune_respects_marks_and_retention_and_the_chain_still_verifies() {
     ));
     assert_eq!(journal.read_range(5, 10).expect("held").len(), 5);
     // The checkpoint at 6 still covers 5..=6.
-    assert_eq!(journal.checkpoint_count().expect("count"), 2);
+    assert_eq!(journal.checkpoint_count().expect("count"), 3);
     journal
         .verify()
         .expect("verifies from the first held event");
+
+    // An ack inside an append's run prunes none of it: runs go whole.
+    journal.set_acked(5, hash_at(&journal, 5)).expect("ack 5");
+    assert_eq!(journal.prune(now(), retention).expect("prune"), 0);
+    assert_eq!(journal.marks().first_held_seq, 5, "5..=6 still held");
+    assert_eq!(journal.read_range(5, 1).expect("held")[0].event.seq, 5);
 
     // A receipt takes over as the limit; 7.. are inside the retention window.
     journal
@@ -391,21 +400,55 @@ fn open_checks_identity_and_key() {
     ));
 }
 
-/// Rewrites the stored bytes of event `seq` with `edit` applied to them.
-fn tamper(path: &Path, seq: u64, edit: impl FnOnce(Vec<u8>) -> Vec<u8>) {
+/// The stored runs: (first seq, the events' bytes), in key order.
+fn stored_runs(path: &Path) -> Vec<(u64, Vec<Vec<u8>>)> {
     let db = Database::open(path).expect("open redb directly");
-    let bytes = {
-        let txn = db.begin_read().expect("read");
-        let table = txn.open_table(EVENTS_TABLE).expect("table");
-        let row = table.get(seq).expect("get").expect("event present");
-        row.value().to_vec()
-    };
+    let txn = db.begin_read().expect("read");
+    let table = txn.open_table(RUNS_TABLE).expect("table");
+    table
+        .range(0..)
+        .expect("range")
+        .map(|row| {
+            let (first, value) = row.expect("row");
+            let run = Run::parse(value.value()).expect("run");
+            let entries = (0..run.len())
+                .map(|i| run.entry(i).expect("entry").to_vec())
+                .collect();
+            (first.value(), entries)
+        })
+        .collect()
+}
+
+/// Writes the raw row of the run keyed `first` (`None` deletes it).
+fn write_run_row(path: &Path, first: u64, row: Option<Vec<u8>>) {
+    let db = Database::open(path).expect("open redb directly");
     let txn = db.begin_write().expect("write");
-    txn.open_table(EVENTS_TABLE)
-        .expect("table")
-        .insert(seq, edit(bytes).as_slice())
-        .expect("insert");
+    {
+        let mut table = txn.open_table(RUNS_TABLE).expect("table");
+        match row {
+            Some(row) => table.insert(first, row.as_slice()).map(drop),
+            None => table.remove(first).map(drop),
+        }
+        .expect("write row");
+    }
     txn.commit().expect("commit");
+}
+
+fn encode_run(entries: &[Vec<u8>]) -> Vec<u8> {
+    sx_common::run::encode(entries, Vec::len, |e, out| out.extend_from_slice(e))
+}
+
+/// Rewrites the stored bytes of event `seq` (inside its run) with `edit`
+/// applied to them.
+fn tamper(path: &Path, seq: u64, edit: impl FnOnce(Vec<u8>) -> Vec<u8>) {
+    let (first, mut entries) = stored_runs(path)
+        .into_iter()
+        .rev()
+        .find(|(first, _)| *first <= seq)
+        .expect("run holding seq");
+    let i = (seq - first) as usize;
+    entries[i] = edit(std::mem::take(&mut entries[i]));
+    write_run_row(path, first, Some(encode_run(&entries)));
 }
 
 /// Re-encodes an event with a changed payload, keeping its seq and prev_hash.
@@ -511,6 +554,166 @@ fn a_forged_head_is_refused_at_open() {
     );
 }
 
+#[test]
+fn a_deleted_run_is_a_gap() {
+    let fx = tampered_fixture();
+    write_run_row(&fx.path, 1, None);
+    let err = fx.open().verify().expect_err("tampered");
+    assert!(
+        matches!(
+            err,
+            JournalError::Verify {
+                seq: 4,
+                source: VerifyError::Gap {
+                    expected: 1,
+                    got: 5
+                }
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_overlapping_run_is_caught() {
+    let fx = tampered_fixture();
+    let runs = stored_runs(&fx.path);
+    assert_eq!(
+        runs.iter()
+            .map(|(first, e)| (*first, e.len()))
+            .collect::<Vec<_>>(),
+        [(1, 4), (5, 4)],
+        "one run per append"
+    );
+    // A copy of 3..=4 stored again as a run of its own.
+    write_run_row(&fx.path, 3, Some(encode_run(&runs[0].1[2..])));
+    let err = fx.open().verify().expect_err("tampered");
+    assert!(
+        matches!(
+            err,
+            JournalError::Verify {
+                seq: 8,
+                source: VerifyError::Gap {
+                    expected: 5,
+                    got: 3
+                }
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_damaged_run_fails_open_or_verify() {
+    let fx = tampered_fixture();
+    for first in [1, 5] {
+        let db = Database::open(&fx.path).expect("open redb directly");
+        let row = {
+            let txn = db.begin_read().expect("read");
+            let table = txn.open_table(RUNS_TABLE).expect("table");
+            table
+                .get(first)
+                .expect("get")
+                .expect("run")
+                .value()
+                .to_vec()
+        };
+        drop(db);
+        let check = |damaged: Vec<u8>, what: &str| {
+            write_run_row(&fx.path, first, Some(damaged));
+            let outcome = RedbJournal::open(&fx.path, fx.key.clone()).and_then(|j| j.verify());
+            assert!(outcome.is_err(), "run {first} {what} went unnoticed");
+        };
+        for cut in 0..row.len() {
+            check(row[..cut].to_vec(), &format!("cut at {cut}"));
+        }
+        // Every bit of the count and offset table, one bit of every
+        // entry byte (each check is a durable commit and two opens).
+        let header = 4 + 4 * 4;
+        for i in 0..row.len() {
+            for bit in 0..if i < header { 8 } else { 1 } {
+                let mut flipped = row.clone();
+                flipped[i] ^= 1 << bit;
+                check(flipped, &format!("with bit {bit} of byte {i} flipped"));
+            }
+        }
+        write_run_row(&fx.path, first, Some(row));
+        fx.open().verify().expect("restored");
+    }
+}
+
+#[test]
+fn appends_above_max_run_split_into_runs_and_prune_whole_runs() {
+    use sx_common::run::MAX_RUN;
+    let fx = Fixture::new();
+    let mut journal = fx.create();
+    let old = Timestamp::from_secs(now().as_secs() - 2 * DAY);
+    let total = 2 * MAX_RUN as u64 + 100;
+    let outcome = journal
+        .append(&items(total, old))
+        .expect("one large append");
+    journal.append(&items(3, old)).expect("small append");
+    drop(journal);
+    let runs: Vec<(u64, usize)> = stored_runs(&fx.path)
+        .iter()
+        .map(|(first, e)| (*first, e.len()))
+        .collect();
+    let m = MAX_RUN as u64;
+    assert_eq!(
+        runs,
+        [
+            (1, MAX_RUN),
+            (m + 1, MAX_RUN),
+            (2 * m + 1, 100),
+            (total + 1, 3)
+        ]
+    );
+    let mut journal = fx.open();
+    assert_eq!(journal.head().seq, total + 3);
+    // Reads across run boundaries, from inside a run.
+    let read = journal.read_range(m - 1, 4).expect("read");
+    assert_eq!(read, outcome.events[m as usize - 2..m as usize + 2]);
+    let (raw, head) = journal.read_raw(2 * m - 1, 5).expect("read raw");
+    assert_eq!(raw.len(), 5);
+    assert_eq!(raw[4], outcome.events[2 * m as usize + 2].bytes);
+    assert_eq!(
+        head.expect("head"),
+        outcome.events[2 * m as usize + 2].head()
+    );
+    let mut seen = Vec::new();
+    journal
+        .for_each_event(m, |e| seen.push(e.seq))
+        .expect("for each");
+    assert_eq!(seen, (m..=total + 3).collect::<Vec<_>>());
+    assert_eq!(journal.verify().expect("verify").events, total + 3);
+
+    // An ack in the middle of the second run prunes the first run only.
+    let acked = &outcome.events[m as usize + 10];
+    journal.set_acked(acked.event.seq, acked.hash).expect("ack");
+    assert_eq!(journal.prune(later(), Span::ZERO).expect("prune"), m);
+    assert_eq!(journal.marks().first_held_seq, m + 1);
+    assert_eq!(journal.pruned_head(), outcome.events[m as usize - 1].head());
+    assert_eq!(journal.read_range(m + 1, 1).expect("held").len(), 1);
+    assert!(matches!(
+        journal.read_range(m, 1),
+        Err(JournalError::Pruned { .. })
+    ));
+    let report = journal.verify().expect("verifies after prune");
+    assert_eq!(
+        (report.first_held_seq, report.events),
+        (m + 1, total + 3 - m)
+    );
+    // An ack on the last event of a run prunes up to it.
+    let acked = &outcome.events[2 * m as usize - 1];
+    journal.set_acked(acked.event.seq, acked.hash).expect("ack");
+    assert_eq!(journal.prune(later(), Span::ZERO).expect("prune"), m);
+    assert_eq!(journal.marks().first_held_seq, 2 * m + 1);
+    drop(journal);
+    let journal = fx.open();
+    assert_eq!(journal.marks().first_held_seq, 2 * m + 1);
+    journal.verify().expect("verifies after reopen");
+}
+
 mod model {
     //! Random sequences of appends, acks, receipts, prunes and reopenings
     //! against a plain model of what must be held.
@@ -553,6 +756,10 @@ mod model {
             let mut journal = fx.create();
             // Every event ever appended: (timestamp, hash), index = seq - 1.
             let mut all: Vec<(Timestamp, Digest)> = Vec::new();
+            // The seq range of every append (a run each), and the first
+            // one not pruned: pruning removes whole runs.
+            let mut runs: Vec<(u64, u64)> = Vec::new();
+            let mut next_run = 0usize;
             let mut first_held = 1u64;
             let (mut acked, mut receipted) = (0u64, 0u64);
             for op in ops {
@@ -560,6 +767,7 @@ mod model {
                     Op::Append { count, age_hours } => {
                         let at = Timestamp::from_secs(now().as_secs() - age_hours * 3_600);
                         let outcome = journal.append(&items(count, at)).expect("append");
+                        runs.push((all.len() as u64 + 1, all.len() as u64 + count));
                         all.extend(outcome.events.iter().map(|e| (at, e.hash)));
                     }
                     Op::Ack(f) | Op::Receipt(f) => {
@@ -576,11 +784,15 @@ mod model {
                     Op::Prune { retention_hours } => {
                         let cutoff = now().as_secs() - retention_hours as i64 * 3_600;
                         let mut expected = 0;
-                        while first_held <= acked.max(receipted)
-                            && all[first_held as usize - 1].0.as_secs() < cutoff
-                        {
-                            first_held += 1;
-                            expected += 1;
+                        while let Some(&(first, last)) = runs.get(next_run) {
+                            let old = (first..=last)
+                                .all(|seq| all[seq as usize - 1].0.as_secs() < cutoff);
+                            if last > acked.max(receipted) || !old {
+                                break;
+                            }
+                            expected += last + 1 - first;
+                            first_held = last + 1;
+                            next_run += 1;
                         }
                         let pruned = journal
                             .prune(now(), Span::from_secs(retention_hours * 3_600))

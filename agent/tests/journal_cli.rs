@@ -270,7 +270,8 @@ fn init_refuses_twice_a_foreign_key_and_a_foreign_ca() {
 #[test]
 fn a_tampered_journal_fails_verify() {
     use redb::{Database, ReadableDatabase};
-    use sx_agent::journal::EVENTS_TABLE;
+    use sx_agent::journal::RUNS_TABLE;
+    use sx_common::run::{self, Run};
 
     let site = Site::new();
     ok(site.init());
@@ -281,21 +282,25 @@ fn a_tampered_journal_fails_verify() {
             &format!(r#"{{"backlog": {backlog}}}"#),
         ]));
     }
-    // Flip one byte of the payload of event 3 (its last byte: the backlog).
+    // Flip one byte of the payload of event 3 (its last byte: the backlog);
+    // each record is one append, so event 3 is alone in the run keyed 3.
     {
         let db = Database::open(site.data_dir().join("journal.redb")).expect("redb");
         let mut bytes = {
             let txn = db.begin_read().expect("read");
-            let table = txn.open_table(EVENTS_TABLE).expect("table");
-            let row = table.get(3).expect("get").expect("event 3");
-            row.value().to_vec()
+            let table = txn.open_table(RUNS_TABLE).expect("table");
+            let row = table.get(3).expect("get").expect("run of event 3");
+            let run = Run::parse(row.value()).expect("run");
+            assert_eq!(run.len(), 1);
+            run.entry(0).expect("event 3").to_vec()
         };
         let last = bytes.len() - 1;
         bytes[last] ^= 0x01;
+        let row = run::encode(&[bytes], Vec::len, |e, out| out.extend_from_slice(e));
         let txn = db.begin_write().expect("write");
-        txn.open_table(EVENTS_TABLE)
+        txn.open_table(RUNS_TABLE)
             .expect("table")
-            .insert(3, bytes.as_slice())
+            .insert(3, row.as_slice())
             .expect("insert");
         txn.commit().expect("commit");
     }

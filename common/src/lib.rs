@@ -14,6 +14,8 @@
 //! - [`codec`]: bounded, versioned decoding of untrusted bytes.
 //! - [`ledger`]: the connectivity ledger.
 //! - [`bundle`]: air-gapped bundle and receipt files (build, decode, verify).
+//! - [`run`]: many entries (events) in one stored value, as both embedded
+//!   stores keep their streams.
 
 pub mod bundle;
 mod bytes;
@@ -27,6 +29,7 @@ pub mod ledger;
 pub mod model;
 #[cfg(feature = "quic")]
 pub mod quic;
+pub mod run;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;

@@ -4,7 +4,7 @@
 //!
 //! | table | key | value |
 //! | --- | --- | --- |
-//! | [`EVENTS_TABLE`] `events` | seq `u64` | the event's canonical postcard bytes, exactly as hashed |
+//! | [`RUNS_TABLE`] `event_runs` | seq `u64` of the run's first event | a [run](sx_common::run) of consecutive events: each entry the event's canonical postcard bytes, exactly as hashed |
 //! | [`CHECKPOINTS_TABLE`] `checkpoints` | seq `u64` | head hash (32 bytes) then Ed25519 signature (64 bytes) |
 //! | [`META_TABLE`] `meta` | name `&str` | see below |
 //!
@@ -14,47 +14,77 @@
 //! 32-byte hash: `acked` (seq+hash), `exported` (seq), `receipted`
 //! (seq+hash), `pruned` (seq+hash of the last pruned event).
 //!
+//! # Runs
+//!
+//! An append stores the events of its transaction as ONE run row (or a
+//! few: a run holds at most [`MAX_RUN`] events), keyed by the seq of its
+//! first event: a B-tree insert per transaction instead of per event.
+//! Runs never overlap and leave no gap, so the run holding `seq` is the
+//! last one whose key is at most `seq` (a `..=seq` range query), and the
+//! event is entry `seq - key` in it. Runs are written once and only ever
+//! deleted whole, by [`prune`](Journal::prune).
+//!
+//! # Formats
+//!
+//! `format` 3 is this layout (with or without a key history). Formats 1
+//! (one key) and 2 (a key history) are the older layout with one `events`
+//! row per event (seq → canonical bytes); [`RedbJournal::open`] converts
+//! such a journal to runs in ONE durable write transaction (a crash
+//! during it leaves the old layout, converted again at the next open).
+//! A build that knows only formats 1 and 2 refuses a format 3 journal
+//! clearly instead of reading it as empty.
+//!
 //! # Key history
 //!
 //! A certificate rotation ([`RedbJournal::rotate_key`]) retires the node
 //! key: `key_history` holds one 48-byte record per retired key, oldest
 //! first: the first and last checkpoint seq it signed (u64 BE each) and
 //! its 32-byte public key. Checkpoints above the last retired seq verify
-//! against `public_key`. A journal with a key history is written as format
-//! 2, so a build that knows only one key per journal refuses it clearly
-//! instead of failing to verify it; format 1 journals are read as before.
+//! against `public_key`.
 //!
 //! Event hashes are not stored: they are recomputed from the bytes on read
 //! (SHA-256 over a few hundred bytes costs far less than the extra 32 bytes
-//! per row would on every write), which also means a reader never trusts a
-//! stored hash. The head is not stored either: it is the last event row
-//! (or the `pruned` mark when every event is pruned), read once at open and
-//! then kept in memory. So an append writes exactly its event rows and one
-//! checkpoint row.
+//! per event would on every write), which also means a reader never trusts
+//! a stored hash. The head is not stored either: it is the last event of
+//! the last run (or the `pruned` mark when every event is pruned), read
+//! once at open and then kept in memory. So an append writes exactly its
+//! run row(s) and one checkpoint row.
 
 use super::seal::Sealer;
 use super::{AppendOutcome, Journal, JournalError, Marks, VerifyReport};
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    AccessGuard, Database, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
+};
 use std::fmt;
 use std::path::Path;
 use sx_common::chain::{SignatureBytes, verify_batch};
+use sx_common::run::{self, MAX_RUN, Run};
 use sx_common::{
     ChainHead, Checkpoint, Digest, EventPayload, SealedEvent, Span, Timestamp, VerifyError,
 };
 
-/// Events by seq: canonical postcard bytes.
-pub const EVENTS_TABLE: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("events");
+/// Runs of consecutive events by the seq of their first event: the
+/// canonical postcard bytes of each, in the [run](sx_common::run) encoding.
+pub const RUNS_TABLE: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("event_runs");
+/// Events by seq, one row each (canonical postcard bytes): the layout of
+/// formats 1 and 2, converted to runs on open.
+const LEGACY_EVENTS_TABLE: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("events");
 /// Checkpoints by seq: 32-byte head hash then 64-byte signature.
 pub const CHECKPOINTS_TABLE: TableDefinition<'static, u64, &[u8]> =
     TableDefinition::new("checkpoints");
 /// Identity and marks.
 pub const META_TABLE: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("meta");
 
-/// The layout version written at create: one key, no key history.
+/// The old layout (one `events` row per event), one key.
 const FORMAT_SINGLE_KEY: u32 = 1;
-/// The layout version once a key was retired (`key_history` present).
+/// The old layout once a key was retired (`key_history` present).
 const FORMAT_KEY_HISTORY: u32 = 2;
+/// Events in runs; a key history may be present. Written by this build.
+const FORMAT_RUNS: u32 = 3;
+/// A run buffer kept between appends up to this capacity, freed above it.
+const RUN_BUF_KEEP: usize = 4 << 20;
 const CHECKPOINT_ROW_LEN: usize = 32 + 64;
 const KEY_RECORD_LEN: usize = 8 + 8 + 32;
 
@@ -87,6 +117,8 @@ pub struct RedbJournal {
     /// Retired keys, oldest first.
     key_history: Vec<RetiredKey>,
     sealer: Sealer,
+    /// Scratch for encoding runs, reused across appends.
+    run_buf: Vec<u8>,
 }
 
 /// A node key a certificate rotation retired, and the checkpoints it
@@ -130,13 +162,15 @@ impl RedbJournal {
             return Ok((Vec::new(), None));
         }
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(EVENTS_TABLE)?;
+        let table = txn.open_table(RUNS_TABLE)?;
+        let mut cursor = Cursor::new(&table, from_seq)?;
         let mut out = Vec::with_capacity(max.min(4_096));
         let mut last_seq = 0;
-        for row in table.range(from_seq..)?.take(max) {
+        while out.len() < max {
+            let Some(row) = cursor.next() else { break };
             let (seq, bytes) = row?;
-            last_seq = seq.value();
-            out.push(bytes.value().to_vec());
+            follows(&mut last_seq, seq)?;
+            out.push(bytes.to_vec());
         }
         let head = match out.last() {
             Some(bytes) => Some(decode_event(last_seq, bytes)?.head()),
@@ -159,11 +193,13 @@ impl RedbJournal {
             return Ok(());
         }
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(EVENTS_TABLE)?;
-        for row in table.range(from_seq..)? {
+        let table = txn.open_table(RUNS_TABLE)?;
+        let mut cursor = Cursor::new(&table, from_seq)?;
+        let mut last_seq = 0;
+        while let Some(row) = cursor.next() {
             let (seq, bytes) = row?;
-            let seq = seq.value();
-            let event: sx_common::Event = sx_common::codec::decode_exact(bytes.value())
+            follows(&mut last_seq, seq)?;
+            let event: sx_common::Event = sx_common::codec::decode_exact(bytes)
                 .map_err(|source| JournalError::Decode { seq, source })?;
             f(&event);
         }
@@ -189,10 +225,10 @@ impl RedbJournal {
             if let Some(node_id) = existing {
                 return Err(JournalError::AlreadyInitialised { node_id });
             }
-            meta.insert(META_FORMAT, FORMAT_SINGLE_KEY.to_be_bytes().as_slice())?;
+            meta.insert(META_FORMAT, FORMAT_RUNS.to_be_bytes().as_slice())?;
             meta.insert(META_NODE_ID, node_id.as_bytes())?;
             meta.insert(META_PUBLIC_KEY, verifying_key.as_bytes().as_slice())?;
-            txn.open_table(EVENTS_TABLE)?;
+            txn.open_table(RUNS_TABLE)?;
             txn.open_table(CHECKPOINTS_TABLE)?;
         }
         txn.commit()?;
@@ -208,6 +244,7 @@ impl RedbJournal {
             receipted: ChainHead::default(),
             key_history: Vec::new(),
             sealer: Sealer::default(),
+            run_buf: Vec::new(),
         })
     }
 
@@ -232,6 +269,7 @@ impl RedbJournal {
             receipted: state.receipted,
             key_history: state.key_history,
             sealer: Sealer::default(),
+            run_buf: Vec::new(),
         })
     }
 
@@ -295,14 +333,10 @@ impl RedbJournal {
         });
         let txn = self.db.begin_write()?;
         {
-            let mut table = txn.open_table(EVENTS_TABLE)?;
-            for e in &events {
-                table.insert(e.event.seq, e.bytes.as_slice())?;
-            }
+            insert_runs(&mut txn.open_table(RUNS_TABLE)?, &events, &mut self.run_buf)?;
             txn.open_table(CHECKPOINTS_TABLE)?
                 .insert(head.seq, checkpoint_row(&checkpoint).as_slice())?;
             let mut meta = txn.open_table(META_TABLE)?;
-            meta.insert(META_FORMAT, FORMAT_KEY_HISTORY.to_be_bytes().as_slice())?;
             meta.insert(META_KEY_HISTORY, encode_key_history(&history).as_slice())?;
             meta.insert(META_PUBLIC_KEY, new_public.as_bytes().as_slice())?;
         }
@@ -339,10 +373,12 @@ impl RedbJournal {
             return Ok(None);
         }
         let txn = self.db.begin_read()?;
-        let events = txn.open_table(EVENTS_TABLE)?;
-        match events.get(seq)? {
-            Some(bytes) => Ok(Some(decode_event(seq, bytes.value())?.hash)),
-            None => Ok(None),
+        let runs = txn.open_table(RUNS_TABLE)?;
+        let mut cursor = Cursor::new(&runs, seq)?;
+        match cursor.next() {
+            Some(Ok((held, bytes))) if held == seq => Ok(Some(decode_event(seq, bytes)?.hash)),
+            Some(Err(e)) => Err(e),
+            _ => Ok(None),
         }
     }
 
@@ -376,12 +412,7 @@ impl RedbJournal {
             .map(SealedEvent::head)
             .ok_or(JournalError::EmptyAppend)?;
         let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(EVENTS_TABLE)?;
-            for e in &events {
-                table.insert(e.event.seq, e.bytes.as_slice())?;
-            }
-        }
+        insert_runs(&mut txn.open_table(RUNS_TABLE)?, &events, &mut self.run_buf)?;
         let checkpoint = self.sign_checkpoint(head);
         txn.open_table(CHECKPOINTS_TABLE)?
             .insert(head.seq, checkpoint_row(&checkpoint).as_slice())?;
@@ -468,12 +499,16 @@ impl Journal for RedbJournal {
             return Ok(Vec::new());
         }
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(EVENTS_TABLE)?;
+        let table = txn.open_table(RUNS_TABLE)?;
         let wanted = usize::try_from(self.head.seq - from_seq.max(1) + 1).unwrap_or(usize::MAX);
         let mut out = Vec::with_capacity(max.min(wanted));
-        for row in table.range(from_seq..)?.take(max) {
+        let mut cursor = Cursor::new(&table, from_seq)?;
+        let mut last_seq = 0;
+        while out.len() < max {
+            let Some(row) = cursor.next() else { break };
             let (seq, bytes) = row?;
-            out.push(decode_event(seq.value(), bytes.value())?);
+            follows(&mut last_seq, seq)?;
+            out.push(decode_event(seq, bytes)?);
         }
         Ok(out)
     }
@@ -577,19 +612,47 @@ impl Journal for RedbJournal {
         let cutoff = Timestamp::from_micros(now.as_micros().saturating_sub(retention_micros));
         let txn = self.db.begin_write()?;
         let last_pruned = {
-            let mut events = txn.open_table(EVENTS_TABLE)?;
+            let mut runs = txn.open_table(RUNS_TABLE)?;
+            // Whole runs only, oldest first: each must end at or below the
+            // limit and hold only events older than the cutoff.
             let mut last: Option<ChainHead> = None;
-            for row in events.range(self.pruned.seq + 1..=limit)? {
-                let (seq, bytes) = row?;
-                let sealed = decode_event(seq.value(), bytes.value())?;
+            let mut next = self.pruned.seq + 1;
+            'runs: for row in runs.range(self.pruned.seq + 1..=limit)? {
+                let (first, value) = row?;
+                let first = first.value();
+                if first != next {
+                    return Err(JournalError::Verify {
+                        seq: first,
+                        source: VerifyError::Gap {
+                            expected: next,
+                            got: first,
+                        },
+                    });
+                }
+                let run = parse_run(first, value.value())?;
+                let run_last = first + run.len() as u64 - 1;
+                if run_last > limit {
+                    break;
+                }
+                for i in 0..run.len() - 1 {
+                    let seq = first + i as u64;
+                    let event: sx_common::Event =
+                        sx_common::codec::decode_exact(run_entry(&run, first, i)?)
+                            .map_err(|source| JournalError::Decode { seq, source })?;
+                    if event.timestamp >= cutoff {
+                        break 'runs;
+                    }
+                }
+                let sealed = decode_event(run_last, run_entry(&run, first, run.len() - 1)?)?;
                 if sealed.event.timestamp >= cutoff {
                     break;
                 }
                 last = Some(sealed.head());
+                next = run_last + 1;
             }
             match last {
                 Some(last) => {
-                    events.retain_in(..=last.seq, |_, _| false)?;
+                    runs.retain_in(..=last.seq, |_, _| false)?;
                     txn.open_table(CHECKPOINTS_TABLE)?
                         .retain_in(..=last.seq, |_, _| false)?;
                     txn.open_table(META_TABLE)?
@@ -607,9 +670,9 @@ impl Journal for RedbJournal {
 
     fn verify(&self) -> Result<VerifyReport, JournalError> {
         let txn = self.db.begin_read()?;
-        let events = txn.open_table(EVENTS_TABLE)?;
+        let runs = txn.open_table(RUNS_TABLE)?;
         let checkpoints = txn.open_table(CHECKPOINTS_TABLE)?;
-        let mut rows = events.range(0..)?;
+        let mut rows = Cursor::new(&runs, 0)?;
         let mut stored = self.pruned;
         let mut segment: Vec<SealedEvent> = Vec::new();
         let mut report = VerifyReport {
@@ -628,7 +691,6 @@ impl Journal for RedbJournal {
             while next <= checkpoint.seq {
                 let Some(row) = rows.next() else { break };
                 let (key, bytes) = row?;
-                let key = key.value();
                 if key != next {
                     return Err(JournalError::Verify {
                         seq: checkpoint.seq,
@@ -638,7 +700,7 @@ impl Journal for RedbJournal {
                         },
                     });
                 }
-                segment.push(decode_event(key, bytes.value())?);
+                segment.push(decode_event(key, bytes)?);
                 next += 1;
             }
             let verified = verify_batch(
@@ -660,7 +722,7 @@ impl Journal for RedbJournal {
         if let Some(row) = rows.next() {
             let (seq, _) = row?;
             return Err(JournalError::Uncovered {
-                from_seq: seq.value(),
+                from_seq: seq,
                 head_seq: self.head.seq,
             });
         }
@@ -712,10 +774,10 @@ fn load_state(db: &Database, key: &SigningKey) -> Result<LoadedState, JournalErr
             key: META_FORMAT,
             reason: "missing or not 4 bytes".to_owned(),
         })?;
-    if format != FORMAT_SINGLE_KEY && format != FORMAT_KEY_HISTORY {
+    if ![FORMAT_SINGLE_KEY, FORMAT_KEY_HISTORY, FORMAT_RUNS].contains(&format) {
         return Err(JournalError::UnsupportedFormat {
             found: format,
-            expected: FORMAT_KEY_HISTORY,
+            expected: FORMAT_RUNS,
         });
     }
     let key_history = match meta_bytes(META_KEY_HISTORY)? {
@@ -734,6 +796,11 @@ fn load_state(db: &Database, key: &SigningKey) -> Result<LoadedState, JournalErr
             },
             None => JournalError::KeyMismatch,
         });
+    }
+    if format != FORMAT_RUNS {
+        // Identity and key checked: now convert, then read the runs.
+        convert_per_event(db)?;
+        return load_state(db, key);
     }
     let head_mark = |name: &'static str| -> Result<ChainHead, JournalError> {
         match meta_bytes(name)? {
@@ -754,9 +821,14 @@ fn load_state(db: &Database, key: &SigningKey) -> Result<LoadedState, JournalErr
         None => 0,
     };
 
-    let events = txn.open_table(EVENTS_TABLE)?;
-    let head = match events.last()? {
-        Some((seq, bytes)) => decode_event(seq.value(), bytes.value())?.head(),
+    let runs = txn.open_table(RUNS_TABLE)?;
+    let head = match runs.last()? {
+        Some((first, value)) => {
+            let first = first.value();
+            let run = parse_run(first, value.value())?;
+            let i = run.len() - 1;
+            decode_event(first + i as u64, run_entry(&run, first, i)?)?.head()
+        }
         None => pruned,
     };
     if head.seq > pruned.seq {
@@ -858,6 +930,175 @@ fn decode_key_history(bytes: &[u8]) -> Result<Vec<RetiredKey>, JournalError> {
     Ok(out)
 }
 
+/// Inserts `events` (consecutive, at least one) as runs of at most
+/// [`MAX_RUN`], each keyed by its first seq, encoded in `buf`.
+fn insert_runs(
+    table: &mut redb::Table<'_, u64, &'static [u8]>,
+    events: &[SealedEvent],
+    buf: &mut Vec<u8>,
+) -> Result<(), JournalError> {
+    for chunk in events.chunks(MAX_RUN) {
+        run::encode_into(
+            buf,
+            chunk,
+            |e| e.bytes.len(),
+            |e, out| out.extend_from_slice(&e.bytes),
+        );
+        table.insert(chunk[0].event.seq, buf.as_slice())?;
+    }
+    if buf.capacity() > RUN_BUF_KEEP {
+        *buf = Vec::new();
+    }
+    Ok(())
+}
+
+/// Parses the stored run keyed `first`.
+fn parse_run(first: u64, bytes: &[u8]) -> Result<Run<'_>, JournalError> {
+    Run::parse(bytes).map_err(|source| JournalError::Decode { seq: first, source })
+}
+
+/// The bytes of entry `i` of the run keyed `first`.
+fn run_entry<'a>(run: &Run<'a>, first: u64, i: usize) -> Result<&'a [u8], JournalError> {
+    run.entry(i).map_err(|source| JournalError::Decode {
+        seq: first + i as u64,
+        source,
+    })
+}
+
+/// Checks that `seq` follows `last` (any seq when `last` is 0: the first
+/// one read), then makes it the last one.
+fn follows(last: &mut u64, seq: u64) -> Result<(), JournalError> {
+    if *last != 0 && seq != *last + 1 {
+        return Err(JournalError::Verify {
+            seq,
+            source: VerifyError::Gap {
+                expected: *last + 1,
+                got: seq,
+            },
+        });
+    }
+    *last = seq;
+    Ok(())
+}
+
+/// Walks the stored events in run order from the run holding a given seq
+/// (the last run keyed at or below it), yielding each event's seq (its
+/// run's key plus its index: the seq it must carry) and its bytes, read in
+/// place. Skips events below the start seq.
+struct Cursor {
+    runs: redb::Range<'static, u64, &'static [u8]>,
+    run: Option<AccessGuard<'static, &'static [u8]>>,
+    first: u64,
+    count: usize,
+    index: usize,
+    from_seq: u64,
+}
+
+impl Cursor {
+    fn new(table: &ReadOnlyTable<u64, &'static [u8]>, from_seq: u64) -> Result<Self, JournalError> {
+        let start = match table.range(..=from_seq)?.next_back() {
+            Some(row) => row?.0.value(),
+            None => from_seq,
+        };
+        Ok(Cursor {
+            runs: table.range(start..)?,
+            run: None,
+            first: 0,
+            count: 0,
+            index: 0,
+            from_seq,
+        })
+    }
+
+    /// The next stored event: its seq and bytes.
+    fn next(&mut self) -> Option<Result<(u64, &[u8]), JournalError>> {
+        while self.index >= self.count {
+            let (first, value) = match self.runs.next()? {
+                Ok(row) => row,
+                Err(e) => return Some(Err(e.into())),
+            };
+            let first = first.value();
+            let count = match parse_run(first, value.value()) {
+                Ok(run) => run.len(),
+                Err(e) => return Some(Err(e)),
+            };
+            self.first = first;
+            self.count = count;
+            self.index = usize::try_from(self.from_seq.saturating_sub(first))
+                .unwrap_or(usize::MAX)
+                .min(count);
+            self.run = Some(value);
+        }
+        let i = self.index;
+        self.index += 1;
+        let value = self.run.as_ref()?;
+        let seq = self.first + i as u64;
+        Some(
+            parse_run(self.first, value.value())
+                .and_then(|run| run_entry(&run, self.first, i))
+                .map(|bytes| (seq, bytes)),
+        )
+    }
+}
+
+/// Converts a journal of the per-event layout (formats 1 and 2) to runs in
+/// ONE durable write transaction (on any error nothing changed): the rows
+/// of each checkpoint segment become one run (split at [`MAX_RUN`], and at
+/// any gap between stored seqs), exactly as appends would have written
+/// them. Bytes move verbatim, undecoded, so a damaged journal converts to
+/// one `verify` reports the same way. The `events` table is deleted and
+/// the format set to 3.
+fn convert_per_event(db: &Database) -> Result<(), JournalError> {
+    let txn = db.begin_write()?;
+    {
+        let legacy = txn.open_table(LEGACY_EVENTS_TABLE)?;
+        let checkpoints = txn.open_table(CHECKPOINTS_TABLE)?;
+        let mut runs = txn.open_table(RUNS_TABLE)?;
+        let mut segment_ends = checkpoints.range(0..)?;
+        // The first checkpoint seq at or above the last event read.
+        let mut segment_end = 0u64;
+        let mut pending: Vec<Vec<u8>> = Vec::new();
+        let mut first = 0u64;
+        let mut buf = Vec::new();
+        let mut flush = |first: u64, pending: &mut Vec<Vec<u8>>| -> Result<(), JournalError> {
+            if !pending.is_empty() {
+                run::encode_into(&mut buf, pending, Vec::len, |e, out| {
+                    out.extend_from_slice(e)
+                });
+                runs.insert(first, buf.as_slice())?;
+                pending.clear();
+            }
+            Ok(())
+        };
+        for row in legacy.range(0..)? {
+            let (key, value) = row?;
+            let seq = key.value();
+            if seq != first + pending.len() as u64 {
+                flush(first, &mut pending)?;
+            }
+            if pending.is_empty() {
+                first = seq;
+            }
+            pending.push(value.value().to_vec());
+            while segment_end < seq {
+                segment_end = match segment_ends.next() {
+                    Some(row) => row?.0.value(),
+                    None => u64::MAX,
+                };
+            }
+            if segment_end == seq || pending.len() == MAX_RUN {
+                flush(first, &mut pending)?;
+            }
+        }
+        flush(first, &mut pending)?;
+    }
+    txn.delete_table(LEGACY_EVENTS_TABLE)?;
+    txn.open_table(META_TABLE)?
+        .insert(META_FORMAT, FORMAT_RUNS.to_be_bytes().as_slice())?;
+    txn.commit()?;
+    Ok(())
+}
+
 /// Decodes a stored event, checking it sits under its own seq.
 fn decode_event(seq: u64, bytes: &[u8]) -> Result<SealedEvent, JournalError> {
     let sealed = SealedEvent::from_bytes(bytes.to_vec())
@@ -901,5 +1142,321 @@ fn decode_head(key: &'static str, bytes: &[u8]) -> Result<ChainHead, JournalErro
             key,
             reason: format!("{} bytes, expected 40", bytes.len()),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Journals of the per-event layout (formats 1 and 2), written here as
+    //! builds before runs wrote them, open converted to runs.
+
+    use super::*;
+    use redb::TableHandle;
+    use sx_common::event::{Event, ReplayStarted};
+
+    const NODE: &str = "sx-rempart-2026-prod-1-node-42";
+
+    fn key(n: u8) -> SigningKey {
+        SigningKey::from_bytes(&[n; 32])
+    }
+
+    /// A per-event journal as older builds wrote it.
+    struct Legacy {
+        dir: tempfile::TempDir,
+        events: Vec<SealedEvent>,
+        /// Seqs of the checkpoints.
+        checkpoints: Vec<u64>,
+    }
+
+    impl Legacy {
+        fn path(&self) -> std::path::PathBuf {
+            self.dir.path().join("journal.redb")
+        }
+    }
+
+    /// Writes `batches` appends (one checkpoint each) in the old layout,
+    /// signed by `keys[0]` up to and including seq `rotated_at` (then
+    /// retired into the key history, format 2) and by `keys[1]` after.
+    fn write_legacy(batches: &[usize], keys: &[SigningKey], rotated_at: Option<u64>) -> Legacy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Database::create(dir.path().join("journal.redb")).expect("create");
+        let mut head = ChainHead::default();
+        let mut events = Vec::new();
+        let mut checkpoints = Vec::new();
+        let txn = db.begin_write().expect("write");
+        {
+            let mut rows = txn.open_table(LEGACY_EVENTS_TABLE).expect("events");
+            let mut cps = txn.open_table(CHECKPOINTS_TABLE).expect("checkpoints");
+            for &count in batches {
+                for _ in 0..count {
+                    let sealed = SealedEvent::seal(Event {
+                        node_id: NODE.to_owned(),
+                        seq: head.seq + 1,
+                        timestamp: Timestamp::from_secs(1_772_163_900),
+                        prev_hash: head.hash,
+                        payload: EventPayload::ReplayStarted(ReplayStarted { backlog: head.seq }),
+                    });
+                    rows.insert(sealed.event.seq, sealed.bytes.as_slice())
+                        .expect("row");
+                    head = sealed.head();
+                    events.push(sealed);
+                }
+                let signer = match rotated_at {
+                    Some(at) if head.seq > at => &keys[1],
+                    _ => &keys[0],
+                };
+                let checkpoint = Checkpoint::sign(signer, NODE, head.seq, head.hash);
+                cps.insert(head.seq, checkpoint_row(&checkpoint).as_slice())
+                    .expect("checkpoint");
+                checkpoints.push(head.seq);
+            }
+            let mut meta = txn.open_table(META_TABLE).expect("meta");
+            meta.insert(META_NODE_ID, NODE.as_bytes()).expect("node");
+            let (format, current) = match rotated_at {
+                Some(at) => {
+                    let history = [RetiredKey {
+                        first_seq: 1,
+                        last_seq: at,
+                        public_key: keys[0].verifying_key(),
+                    }];
+                    meta.insert(META_KEY_HISTORY, encode_key_history(&history).as_slice())
+                        .expect("history");
+                    (FORMAT_KEY_HISTORY, &keys[1])
+                }
+                None => (FORMAT_SINGLE_KEY, &keys[0]),
+            };
+            meta.insert(META_FORMAT, format.to_be_bytes().as_slice())
+                .expect("format");
+            meta.insert(
+                META_PUBLIC_KEY,
+                current.verifying_key().as_bytes().as_slice(),
+            )
+            .expect("key");
+        }
+        txn.commit().expect("commit");
+        Legacy {
+            dir,
+            events,
+            checkpoints,
+        }
+    }
+
+    /// (format, whether the `events` table exists, the runs as (first, len)).
+    fn layout_at(path: &Path) -> (u32, bool, Vec<(u64, usize)>) {
+        layout(&Database::open(path).expect("open"))
+    }
+
+    fn layout(db: &Database) -> (u32, bool, Vec<(u64, usize)>) {
+        let txn = db.begin_read().expect("read");
+        let format = txn
+            .open_table(META_TABLE)
+            .expect("meta")
+            .get(META_FORMAT)
+            .expect("get")
+            .map(|v| u32::from_be_bytes(v.value().try_into().expect("4 bytes")))
+            .expect("format");
+        let legacy = txn
+            .list_tables()
+            .expect("tables")
+            .any(|t| t.name() == LEGACY_EVENTS_TABLE.name());
+        let runs = match txn.open_table(RUNS_TABLE) {
+            Ok(table) => table
+                .iter()
+                .expect("iter")
+                .map(|row| {
+                    let (first, value) = row.expect("row");
+                    (first.value(), Run::parse(value.value()).expect("run").len())
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        (format, legacy, runs)
+    }
+
+    #[test]
+    fn a_format_1_journal_is_converted_to_runs_on_open() {
+        let batches = [1, 3, 2_500, 2];
+        let legacy = write_legacy(&batches, &[key(1)], None);
+        let path = legacy.path();
+        assert_eq!(layout_at(&path), (FORMAT_SINGLE_KEY, true, Vec::new()));
+
+        let mut journal = RedbJournal::open(&path, key(1)).expect("open converts");
+        let m = MAX_RUN as u64;
+        let expected_runs = vec![
+            (1, 1),
+            (2, 3),
+            (5, MAX_RUN),
+            (5 + m, MAX_RUN),
+            (5 + 2 * m, 2_500 - 2 * MAX_RUN),
+            (2_505, 2),
+        ];
+        assert_eq!(
+            layout(&journal.db),
+            (FORMAT_RUNS, false, expected_runs.clone())
+        );
+        let total = legacy.events.len() as u64;
+        assert_eq!(journal.head(), legacy.events.last().expect("events").head());
+        assert_eq!(
+            journal.read_range(1, usize::MAX).expect("read"),
+            legacy.events
+        );
+        let report = journal.verify().expect("verifies");
+        assert_eq!(
+            (report.events, report.checkpoints),
+            (total, legacy.checkpoints.len() as u64)
+        );
+        // Appends continue the chain as runs; a reopen converts nothing.
+        journal
+            .append(&[(
+                Timestamp::from_secs(1),
+                EventPayload::ReplayStarted(ReplayStarted { backlog: 999 }),
+            )])
+            .expect("append");
+        drop(journal);
+        let journal = RedbJournal::open(&path, key(1)).expect("reopen");
+        let mut runs = expected_runs;
+        runs.push((total + 1, 1));
+        assert_eq!(layout(&journal.db), (FORMAT_RUNS, false, runs));
+        assert_eq!(journal.verify().expect("verifies").events, total + 1);
+    }
+
+    #[test]
+    fn a_format_2_journal_keeps_its_key_history() {
+        let keys = [key(1), key(2)];
+        let legacy = write_legacy(&[2, 1, 3], &keys, Some(3));
+        let path = legacy.path();
+        // The retired key is refused before anything is converted.
+        assert!(matches!(
+            RedbJournal::open(&path, key(1)),
+            Err(JournalError::KeyRetired { last_seq: 3 })
+        ));
+        assert!(matches!(
+            RedbJournal::open(&path, key(9)),
+            Err(JournalError::KeyMismatch)
+        ));
+        assert_eq!(layout_at(&path), (FORMAT_KEY_HISTORY, true, Vec::new()));
+
+        let journal = RedbJournal::open(&path, key(2)).expect("open converts");
+        assert_eq!(
+            layout(&journal.db),
+            (FORMAT_RUNS, false, vec![(1, 2), (3, 1), (4, 3)])
+        );
+        assert_eq!(journal.key_history().len(), 1);
+        assert_eq!(journal.verifying_key_at(3), keys[0].verifying_key());
+        let report = journal.verify().expect("verifies with the retired key");
+        assert_eq!((report.events, report.retired_keys), (6, 1));
+    }
+
+    #[test]
+    fn a_pruned_or_damaged_legacy_journal_converts_as_it_is() {
+        // Pruned up to 3 (mid-segment, as per-event pruning could leave it).
+        let legacy = write_legacy(&[2, 4, 2], &[key(1)], None);
+        let path = legacy.path();
+        {
+            let db = Database::open(&path).expect("open");
+            let txn = db.begin_write().expect("write");
+            txn.open_table(LEGACY_EVENTS_TABLE)
+                .expect("events")
+                .retain_in(..=3, |_, _| false)
+                .expect("prune rows");
+            txn.open_table(CHECKPOINTS_TABLE)
+                .expect("checkpoints")
+                .retain_in(..=3, |_, _| false)
+                .expect("prune checkpoints");
+            txn.open_table(META_TABLE)
+                .expect("meta")
+                .insert(META_PRUNED, encode_head(legacy.events[2].head()).as_slice())
+                .expect("pruned mark");
+            txn.commit().expect("commit");
+        }
+        let journal = RedbJournal::open(&path, key(1)).expect("open converts");
+        assert_eq!(layout(&journal.db).2, vec![(4, 3), (7, 2)]);
+        assert_eq!(journal.marks().first_held_seq, 4);
+        let report = journal.verify().expect("verifies");
+        assert_eq!((report.first_held_seq, report.events), (4, 5));
+        drop(journal);
+
+        // A gap in the old rows stays a gap (the runs split there).
+        let legacy = write_legacy(&[3, 3], &[key(1)], None);
+        let path = legacy.path();
+        {
+            let db = Database::open(&path).expect("open");
+            let txn = db.begin_write().expect("write");
+            txn.open_table(LEGACY_EVENTS_TABLE)
+                .expect("events")
+                .remove(2)
+                .expect("delete row 2");
+            txn.commit().expect("commit");
+        }
+        let journal = RedbJournal::open(&path, key(1)).expect("open converts");
+        assert_eq!(layout(&journal.db).2, vec![(1, 1), (3, 1), (4, 3)]);
+        let err = journal.verify().expect_err("gap");
+        assert!(
+            matches!(
+                err,
+                JournalError::Verify {
+                    seq: 3,
+                    source: VerifyError::Gap {
+                        expected: 2,
+                        got: 3
+                    }
+                }
+            ),
+            "{err}"
+        );
+        drop(journal);
+
+        // A forged row stays forged.
+        let legacy = write_legacy(&[3, 3], &[key(1)], None);
+        let path = legacy.path();
+        {
+            let mut event = legacy.events[1].event.clone();
+            event.payload = EventPayload::ReplayStarted(ReplayStarted { backlog: 999 });
+            let forged = SealedEvent::seal(event);
+            let db = Database::open(&path).expect("open");
+            let txn = db.begin_write().expect("write");
+            txn.open_table(LEGACY_EVENTS_TABLE)
+                .expect("events")
+                .insert(2, forged.bytes.as_slice())
+                .expect("forge row 2");
+            txn.commit().expect("commit");
+        }
+        let err = RedbJournal::open(&path, key(1))
+            .expect("open converts")
+            .verify()
+            .expect_err("forged");
+        assert!(
+            matches!(
+                err,
+                JournalError::Verify {
+                    seq: 3,
+                    source: VerifyError::WrongPrevHash { seq: 3 }
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_format_is_refused_unchanged() {
+        let legacy = write_legacy(&[1], &[key(1)], None);
+        let path = legacy.path();
+        {
+            let db = Database::open(&path).expect("open");
+            let txn = db.begin_write().expect("write");
+            txn.open_table(META_TABLE)
+                .expect("meta")
+                .insert(META_FORMAT, 4u32.to_be_bytes().as_slice())
+                .expect("format");
+            txn.commit().expect("commit");
+        }
+        assert!(matches!(
+            RedbJournal::open(&path, key(1)),
+            Err(JournalError::UnsupportedFormat {
+                found: 4,
+                expected: FORMAT_RUNS
+            })
+        ));
+        assert_eq!(layout_at(&path), (4, true, Vec::new()));
     }
 }

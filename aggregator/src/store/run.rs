@@ -1,13 +1,10 @@
-//! Runs: consecutive events of one node stored as one redb value.
-//!
-//! A B-tree insert per event is most of what a commit costs (several µs
-//! each, beyond what the bytes need); a run of up to [`MAX_RUN`] events is
-//! one insert. Layout, all integers little-endian:
+//! The event store's runs: consecutive events of one node stored as one
+//! redb value, in the shared run encoding ([`sx_common::run`]: a count, an
+//! offset table, the entries). Each entry here is the event's chain hash
+//! (32 bytes) followed by its canonical bytes:
 //!
 //! ```text
-//! count: u32 | offsets: count x u32 | entries
-//! entry i = entries[offsets[i]..offsets[i + 1]] (the last one to the end)
-//!         = chain hash (32 bytes) | canonical event bytes
+//! entry i = chain hash (32 bytes) | canonical event bytes
 //! ```
 //!
 //! A run is keyed by (node index, seq of its first event); runs of a node
@@ -18,84 +15,45 @@
 use sx_common::chain::{Digest, SealedEvent};
 use sx_common::codec::DecodeError;
 
-/// Most events in one run: a read of one event reads its whole run.
-pub const MAX_RUN: usize = 1_024;
+pub use sx_common::run::MAX_RUN;
 
 const HASH: usize = 32;
 
 /// Encodes `events` (consecutive, at most [`MAX_RUN`]) as one run.
 pub fn encode(events: &[SealedEvent]) -> Vec<u8> {
-    let count = events.len();
-    let body: usize = events.iter().map(|e| HASH + e.bytes.len()).sum();
-    let mut out = Vec::with_capacity(4 + 4 * count + body);
-    out.extend_from_slice(&(count as u32).to_le_bytes());
-    let mut offset = 0u32;
-    for e in events {
-        out.extend_from_slice(&offset.to_le_bytes());
-        offset += (HASH + e.bytes.len()) as u32;
-    }
-    for e in events {
-        out.extend_from_slice(&e.hash.0);
-        out.extend_from_slice(&e.bytes);
-    }
-    out
+    sx_common::run::encode(
+        events,
+        |e| HASH + e.bytes.len(),
+        |e, out| {
+            out.extend_from_slice(&e.hash.0);
+            out.extend_from_slice(&e.bytes);
+        },
+    )
 }
 
 /// A stored run, read in place.
 #[derive(Clone, Copy, Debug)]
-pub struct Run<'a> {
-    count: usize,
-    offsets: &'a [u8],
-    entries: &'a [u8],
-}
+pub struct Run<'a>(sx_common::run::Run<'a>);
 
 impl<'a> Run<'a> {
     /// Checks the header; entries are checked as they are read.
     pub fn parse(bytes: &'a [u8]) -> Result<Run<'a>, DecodeError> {
-        let (count, rest) = bytes
-            .split_first_chunk::<4>()
-            .ok_or(DecodeError::Truncated)?;
-        let count = u32::from_le_bytes(*count) as usize;
-        if count == 0 || count > MAX_RUN {
-            return Err(DecodeError::Malformed(format!("a run of {count} events")));
-        }
-        if rest.len() < 4 * count {
-            return Err(DecodeError::Truncated);
-        }
-        let (offsets, entries) = rest.split_at(4 * count);
-        Ok(Run {
-            count,
-            offsets,
-            entries,
-        })
+        sx_common::run::Run::parse(bytes).map(Run)
     }
 
     pub fn len(&self) -> usize {
-        self.count
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    fn offset(&self, i: usize) -> usize {
-        if i == self.count {
-            return self.entries.len();
-        }
-        let b = &self.offsets[4 * i..4 * i + 4];
-        u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize
+        self.0.is_empty()
     }
 
     /// The hash and canonical bytes of the `i`-th event.
     pub fn entry(&self, i: usize) -> Result<(Digest, &'a [u8]), DecodeError> {
-        if i >= self.count {
-            return Err(DecodeError::Truncated);
-        }
-        let entry = self
-            .entries
-            .get(self.offset(i)..self.offset(i + 1))
-            .ok_or(DecodeError::Truncated)?;
-        let (hash, bytes) = entry
+        let (hash, bytes) = self
+            .0
+            .entry(i)?
             .split_first_chunk::<HASH>()
             .ok_or(DecodeError::Truncated)?;
         Ok((Digest(*hash), bytes))
