@@ -160,10 +160,15 @@ mod tests {
 
     #[test]
     fn damaged_headers_are_errors_not_panics() {
-        let bytes = encode_all(&entries(9));
+        let original = entries(9);
+        let bytes = encode_all(&original);
         for cut in 0..bytes.len() {
             if let Ok(run) = Run::parse(&bytes[..cut]) {
-                let _ = (0..run.len()).map(|i| run.entry(i)).count();
+                let read: Result<Vec<&[u8]>, _> = (0..run.len()).map(|i| run.entry(i)).collect();
+                assert!(
+                    read.map_or(true, |read| read != original),
+                    "a run cut at {cut} reads whole"
+                );
             }
         }
         for i in 0..bytes.len() {
