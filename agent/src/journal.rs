@@ -172,10 +172,12 @@ pub struct Marks {
     /// Hash of the event at `receipted_seq` (genesis when 0).
     pub receipted_hash: Digest,
     /// The first seq still held (readable, and verified from the last
-    /// pruned hash): one above the last pruned event. Pruning removes whole
-    /// runs, so events at or below `max(acked, receipted)` may still be
-    /// held above this. `head.seq + 1` when every event is pruned (and 1 for
-    /// a journal nothing was ever pruned from).
+    /// pruned hash): one above the last pruned event, so every event from
+    /// here to the head is held. Pruning removes whole runs, so events that
+    /// are delivered and past the retention may still be held from here
+    /// on (at most a run's worth more than the rule requires, never less).
+    /// `head.seq + 1` when every event is pruned (and 1 for a journal
+    /// nothing was ever pruned from).
     pub first_held_seq: u64,
 }
 
