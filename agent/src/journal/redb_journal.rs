@@ -17,7 +17,8 @@
 //! # Runs
 //!
 //! An append stores the events of its transaction as ONE run row (or a
-//! few: a run holds at most [`MAX_RUN`] events), keyed by the seq of its
+//! few: a run holds at most [`MAX_RUN`] events and ends before
+//! [`MAX_RUN_BYTES`]), keyed by the seq of its
 //! first event: a B-tree insert per transaction instead of per event.
 //! Runs never overlap and leave no gap, so the run holding `seq` is the
 //! last one whose key is at most `seq` (a `..=seq` range query), and the
@@ -85,6 +86,10 @@ const FORMAT_KEY_HISTORY: u32 = 2;
 const FORMAT_RUNS: u32 = 3;
 /// A run buffer kept between appends up to this capacity, freed above it.
 const RUN_BUF_KEEP: usize = 4 << 20;
+/// A run ends before the event that would take its bytes past this (a
+/// run of one event may be larger: an event is at most 1 MiB), so reading
+/// one event never reads more than a few MiB.
+const MAX_RUN_BYTES: usize = 4 << 20;
 const CHECKPOINT_ROW_LEN: usize = 32 + 64;
 const KEY_RECORD_LEN: usize = 8 + 8 + 32;
 
@@ -930,14 +935,32 @@ fn decode_key_history(bytes: &[u8]) -> Result<Vec<RetiredKey>, JournalError> {
     Ok(out)
 }
 
+/// Whether a run of `len` events and `bytes` bytes ends before an event of
+/// `next` bytes: at [`MAX_RUN`] events, or past [`MAX_RUN_BYTES`].
+fn run_full(len: usize, bytes: usize, next: usize) -> bool {
+    len == MAX_RUN || (len > 0 && bytes + next > MAX_RUN_BYTES)
+}
+
 /// Inserts `events` (consecutive, at least one) as runs of at most
-/// [`MAX_RUN`], each keyed by its first seq, encoded in `buf`.
+/// [`MAX_RUN`] events and [`MAX_RUN_BYTES`], each keyed by its first seq,
+/// encoded in `buf`.
 fn insert_runs(
     table: &mut redb::Table<'_, u64, &'static [u8]>,
     events: &[SealedEvent],
     buf: &mut Vec<u8>,
 ) -> Result<(), JournalError> {
-    for chunk in events.chunks(MAX_RUN) {
+    let mut rest = events;
+    while !rest.is_empty() {
+        let mut len = 0;
+        let mut bytes = 0;
+        while let Some(e) = rest.get(len)
+            && !run_full(len, bytes, e.bytes.len())
+        {
+            bytes += e.bytes.len();
+            len += 1;
+        }
+        let (chunk, tail) = rest.split_at(len);
+        rest = tail;
         run::encode_into(
             buf,
             chunk,
@@ -1043,8 +1066,8 @@ impl Cursor {
 
 /// Converts a journal of the per-event layout (formats 1 and 2) to runs in
 /// ONE durable write transaction (on any error nothing changed): the rows
-/// of each checkpoint segment become one run (split at [`MAX_RUN`], and at
-/// any gap between stored seqs), exactly as appends would have written
+/// of each checkpoint segment become one run (split at [`MAX_RUN`] events
+/// or [`MAX_RUN_BYTES`], and at any gap between stored seqs), exactly as appends would have written
 /// them. Bytes move verbatim, undecoded, so a damaged journal converts to
 /// one `verify` reports the same way. The `events` table is deleted and
 /// the format set to 3.
@@ -1058,6 +1081,7 @@ fn convert_per_event(db: &Database) -> Result<(), JournalError> {
         // The first checkpoint seq at or above the last event read.
         let mut segment_end = 0u64;
         let mut pending: Vec<Vec<u8>> = Vec::new();
+        let mut pending_bytes = 0usize;
         let mut first = 0u64;
         let mut buf = Vec::new();
         let mut flush = |first: u64, pending: &mut Vec<Vec<u8>>| -> Result<(), JournalError> {
@@ -1073,20 +1097,25 @@ fn convert_per_event(db: &Database) -> Result<(), JournalError> {
         for row in legacy.range(0..)? {
             let (key, value) = row?;
             let seq = key.value();
-            if seq != first + pending.len() as u64 {
+            let value = value.value();
+            if seq != first + pending.len() as u64
+                || run_full(pending.len(), pending_bytes, value.len())
+            {
                 flush(first, &mut pending)?;
             }
             if pending.is_empty() {
                 first = seq;
+                pending_bytes = 0;
             }
-            pending.push(value.value().to_vec());
+            pending_bytes += value.len();
+            pending.push(value.to_vec());
             while segment_end < seq {
                 segment_end = match segment_ends.next() {
                     Some(row) => row?.0.value(),
                     None => u64::MAX,
                 };
             }
-            if segment_end == seq || pending.len() == MAX_RUN {
+            if segment_end == seq {
                 flush(first, &mut pending)?;
             }
         }
@@ -1152,7 +1181,7 @@ mod tests {
 
     use super::*;
     use redb::TableHandle;
-    use sx_common::event::{Event, ReplayStarted};
+    use sx_common::event::{Event, Note, ReplayStarted};
 
     const NODE: &str = "sx-rempart-2026-prod-1-node-42";
 
@@ -1271,6 +1300,39 @@ mod tests {
             Err(_) => Vec::new(),
         };
         (format, legacy, runs)
+    }
+
+    #[test]
+    fn runs_end_before_they_pass_their_byte_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("journal.redb");
+        let mut journal = RedbJournal::create(&path, "node-big", key(1)).expect("create");
+        let big = |i: usize| {
+            (
+                Timestamp::from_secs(1),
+                EventPayload::ProvisioningStarted(Note {
+                    reason: Some(format!("{i}{}", "x".repeat(700_000))),
+                }),
+            )
+        };
+        // Ten events of ~700 KB in one append: two runs of five (a sixth
+        // would take a run past 4 MiB), then small ones join a new run.
+        journal
+            .append(&(0..10).map(big).collect::<Vec<_>>())
+            .expect("append");
+        journal
+            .append(&[(
+                Timestamp::from_secs(2),
+                EventPayload::ReplayStarted(ReplayStarted { backlog: 1 }),
+            )])
+            .expect("append");
+        let (format, legacy, runs) = layout(&journal.db);
+        assert_eq!((format, legacy), (FORMAT_RUNS, false));
+        assert_eq!(runs, vec![(1, 5), (6, 5), (11, 1)]);
+        let events = journal.read_range(1, usize::MAX).expect("read");
+        assert_eq!(events.len(), 11);
+        assert_eq!(journal.read_range(7, 1).expect("read one")[0].event.seq, 7);
+        assert_eq!(journal.verify().expect("verifies").events, 11);
     }
 
     #[test]
