@@ -167,11 +167,45 @@ const KINDS: [GroupBy; 4] = [
     GroupBy::Global,
 ];
 
+/// The [`GroupDrift`] of the groups of one grouping, indexed by group id
+/// (a name id: a fleet names a few hundred groups); boxed, so ids that are
+/// not groups of this grouping cost a pointer.
+#[derive(Clone, Debug, Default)]
+struct Groups(Vec<Option<Box<GroupDrift>>>);
+
+impl Groups {
+    fn get_mut(&mut self, g: &u32) -> Option<&mut GroupDrift> {
+        self.0.get_mut(*g as usize)?.as_deref_mut()
+    }
+
+    fn get_or_default(&mut self, g: u32) -> &mut GroupDrift {
+        let ix = g as usize;
+        if self.0.len() <= ix {
+            self.0.resize_with(ix + 1, || None);
+        }
+        self.0[ix].get_or_insert_with(Box::default)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u32, &GroupDrift)> {
+        self.0
+            .iter()
+            .enumerate()
+            .filter_map(|(g, group)| Some((g as u32, group.as_deref()?)))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (u32, &mut GroupDrift)> {
+        self.0
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(g, group)| Some((g as u32, group.as_deref_mut()?)))
+    }
+}
+
 /// [`GroupDrift`] of every group of every grouping, by group id. Behind a
 /// lock so a view (which holds the table shared) can refill lists that ran
 /// short; updates hold the table exclusively and take no lock.
 #[derive(Debug, Default)]
-struct LiveDrift(Mutex<[HashMap<u32, GroupDrift>; KINDS.len()]>);
+struct LiveDrift(Mutex<[Groups; KINDS.len()]>);
 
 impl Clone for LiveDrift {
     fn clone(&self) -> Self {
@@ -189,10 +223,10 @@ impl LiveDrift {
     }
 }
 
-struct LiveGuard<'a>(MutexGuard<'a, [HashMap<u32, GroupDrift>; KINDS.len()]>);
+struct LiveGuard<'a>(MutexGuard<'a, [Groups; KINDS.len()]>);
 
 impl LiveGuard<'_> {
-    fn kind_mut(&mut self, by: GroupBy) -> &mut HashMap<u32, GroupDrift> {
+    fn kind_mut(&mut self, by: GroupBy) -> &mut Groups {
         let k = KINDS
             .iter()
             .position(|k| *k == by)
@@ -201,7 +235,7 @@ impl LiveGuard<'_> {
     }
 }
 
-struct LiveKinds<'a>(&'a mut [HashMap<u32, GroupDrift>; KINDS.len()]);
+struct LiveKinds<'a>(&'a mut [Groups; KINDS.len()]);
 
 impl LiveKinds<'_> {
     /// A row's drift cell changed from `old` (none: the row is new) to
@@ -223,7 +257,7 @@ impl LiveKinds<'_> {
                 }
             }
             for g in new.groups(by, names) {
-                kind.entry(*g).or_default().add(row, &new.member, node);
+                kind.get_or_default(*g).add(row, &new.member, node);
             }
         }
     }
@@ -373,7 +407,8 @@ impl FleetTable {
         let node = |r: u32| self.node(r);
         if live
             .kind_mut(by)
-            .values()
+            .iter()
+            .map(|(_, group)| group)
             .any(|g| g.nodes() > 0 && g.needs_refill())
         {
             self.refill(&mut live);
@@ -382,7 +417,7 @@ impl FleetTable {
             .kind_mut(by)
             .iter()
             .filter(|(_, group)| group.nodes() > 0)
-            .map(|(g, group)| (self.names.name(*g), group))
+            .map(|(g, group)| (self.names.name(g), group))
             .collect();
         named.sort_unstable_by(|a, b| a.0.cmp(b.0));
         named
@@ -400,7 +435,7 @@ impl FleetTable {
             for (g, group) in live.kind_mut(by).iter_mut() {
                 if group.nodes() > 0 && (group.needs_refill() || group.runs_low()) {
                     group.begin_refill();
-                    flags[*g as usize] = true;
+                    flags[g as usize] = true;
                 }
             }
         }
