@@ -164,12 +164,7 @@ impl BundleJournal for RedbJournal {
         Journal::append(self, &items)
     }
     fn twin(&mut self) -> Result<DigitalTwin, JournalError> {
-        let mut twin = DigitalTwin::default();
-        self.for_each_event(Journal::marks(self).first_held_seq.max(1), |e| {
-            sx_common::fold::fold_event(&mut twin, e);
-        })?;
-        sx_common::fold::derive(&mut twin);
-        Ok(twin)
+        self.fold_twin(|_| {})
     }
 }
 

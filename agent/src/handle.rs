@@ -97,12 +97,8 @@ impl JournalHandle {
         if credentials.public_key() != journal.verifying_key() {
             return Err(HandleError::CredentialsMismatch);
         }
-        let mut twin = sx_common::DigitalTwin::default();
         let mut recorded = RecordedConnectivity::default();
-        journal.for_each_event(journal.marks().first_held_seq.max(1), |e| {
-            sx_common::fold::apply(&mut twin, e);
-            recorded.note(e);
-        })?;
+        let twin = journal.fold_twin(|e| recorded.note(e))?;
         let (head, _) = watch::channel(journal.head());
         Ok(JournalHandle {
             node_id: journal.node_id().into(),

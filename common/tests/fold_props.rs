@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use sx_common::chain::{ChainHead, Digest, SealedEvent, canonical_bytes, verify_batch};
 use sx_common::codec::decode_exact;
 use sx_common::event::{ConfigDrift, EVENT_TYPES};
-use sx_common::fold::{apply, twin_from_events};
+use sx_common::fold::{apply, derive, fold_event, twin_from_events};
 use sx_common::ledger::ConnectivityLedger;
 use sx_common::model::{ConnectivityState, FieldDrift};
 use sx_common::testing::{
@@ -126,6 +126,22 @@ proptest! {
         }
         prop_assert_eq!(&twin, &whole);
         prop_assert_eq!(&resumed, &whole);
+    }
+
+    /// Folding a run without the derived fields and deriving once at the
+    /// end (what the agent's startup fold and the projections do) gives the
+    /// twin of applying every event.
+    #[test]
+    fn deriving_once_after_a_run_equals_applying_each_event(
+        events in arb_event_stream(NODE, 0..40),
+    ) {
+        let events = plain(&events);
+        let mut twin = DigitalTwin::default();
+        for e in &events {
+            fold_event(&mut twin, e);
+        }
+        derive(&mut twin);
+        prop_assert_eq!(twin, twin_from_events(&events));
     }
 
     #[test]

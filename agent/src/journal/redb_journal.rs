@@ -184,6 +184,22 @@ impl RedbJournal {
         Ok((out, head))
     }
 
+    /// The node's twin, folded from every held event (the derived fields
+    /// computed once, after the last); `also` sees each event too, in
+    /// order, in the same pass.
+    pub fn fold_twin(
+        &self,
+        mut also: impl FnMut(&sx_common::Event),
+    ) -> Result<sx_common::DigitalTwin, JournalError> {
+        let mut twin = sx_common::DigitalTwin::default();
+        self.for_each_event(1, |e| {
+            sx_common::fold::fold_event(&mut twin, e);
+            also(e);
+        })?;
+        sx_common::fold::derive(&mut twin);
+        Ok(twin)
+    }
+
     /// Calls `f` with every held event from `from_seq` on, in order, decoded
     /// from one read transaction without copying or hashing the stored
     /// bytes: for folding the node's twin, which trusts its own journal
