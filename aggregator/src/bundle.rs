@@ -58,7 +58,7 @@
 use crate::config::Config;
 use crate::ingest::{GroupCommit, Ingest};
 use crate::server::{Refusal, Shared};
-use crate::store::{EventStore, RedbStore, StoreError, Submission};
+use crate::store::{EventStore, RedbStore, StoreError, Submission, read_chunks};
 use anyhow::{Context, Result};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -71,6 +71,7 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -741,18 +742,15 @@ pub fn stored_desired(config: &Config, store: Arc<dyn EventStore>) -> Result<Des
 /// store does not hold.
 fn stored_twin(store: &dyn EventStore, node: &str) -> Result<Option<DigitalTwin>, StoreError> {
     let mut twin = DigitalTwin::default();
-    let mut next = 1;
-    loop {
-        let chunk = store.read(node, next, 4_096)?;
-        let Some(last) = chunk.last().map(|e| e.event.seq) else {
-            break;
-        };
-        for e in &chunk {
+    let mut any = false;
+    read_chunks(store, node, 1, u64::MAX, |chunk| {
+        any = true;
+        for e in chunk {
             fold::fold_event(&mut twin, &e.event);
         }
-        next = last + 1;
-    }
-    if next == 1 {
+        ControlFlow::Continue(())
+    })?;
+    if !any {
         return Ok(None);
     }
     fold::derive(&mut twin);

@@ -8,6 +8,7 @@ use crate::projection::ProjectionEngine;
 use crate::projection::drift::Severity;
 use crate::projection::views::{self, GroupBy};
 use crate::server::Shared;
+use crate::store::read_chunks;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -15,6 +16,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use sx_common::desired::DesiredChangeKind;
 use sx_common::ledger::ConnectivityLedger;
@@ -364,12 +366,8 @@ async fn events(
     }
     let since = q.since.as_deref().map(parse_time).transpose()?;
     let mut out = Vec::new();
-    let mut next = q.from.unwrap_or(1).max(1);
-    while out.len() < limit {
-        let chunk = shared.store.read(&node, next, 4_096).map_err(internal)?;
-        let Some(last) = chunk.last().map(|e| e.event.seq) else {
-            break;
-        };
+    let from = q.from.unwrap_or(1);
+    read_chunks(shared.store.as_ref(), &node, from, u64::MAX, |chunk| {
         for e in chunk {
             if since.is_none_or(|t| e.event.timestamp >= t) && out.len() < limit {
                 let mut j = e.event.to_json();
@@ -377,8 +375,13 @@ async fn events(
                 out.push(j);
             }
         }
-        next = last + 1;
-    }
+        if out.len() < limit {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
+        }
+    })
+    .map_err(internal)?;
     Ok(Json(Value::Array(out)))
 }
 
@@ -393,17 +396,12 @@ async fn ledger(
     let n = node.clone();
     let ledger = tokio::task::spawn_blocking(move || {
         let mut ledger = ConnectivityLedger::new(&n);
-        let mut next = 1;
-        loop {
-            let chunk = store.read(&n, next, 4_096)?;
-            let Some(last) = chunk.last().map(|e| e.event.seq) else {
-                break;
-            };
-            for e in &chunk {
+        read_chunks(store.as_ref(), &n, 1, u64::MAX, |chunk| {
+            for e in chunk {
                 ledger.apply(&e.event);
             }
-            next = last + 1;
-        }
+            ControlFlow::Continue(())
+        })?;
         Ok::<_, crate::store::StoreError>(ledger)
     })
     .await

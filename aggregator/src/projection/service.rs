@@ -4,15 +4,13 @@
 
 use super::{NodeChange, ProjectionEngine};
 use crate::ingest::Ingest;
-use crate::store::{EventStore, StoreError};
+use crate::store::{EventStore, StoreError, read_chunks};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, RwLock};
 use sx_common::model::DigitalTwin;
 use sx_common::time::Timestamp;
 use tokio::sync::broadcast;
-
-/// Events read from the store per call while catching up.
-const CHUNK: usize = 4_096;
 
 /// The running projections of a region.
 #[derive(Debug)]
@@ -232,19 +230,15 @@ pub fn catch_up(
         engine.apply_desired(&change);
     }
     for record in store.nodes()? {
-        let mut next = engine.node(&record.node_id).map_or(1, |v| v.last_seq() + 1);
-        while next <= record.head.seq {
-            let chunk = store.read(&record.node_id, next, CHUNK)?;
-            let Some(last) = chunk.last().map(|e| e.event.seq) else {
-                break;
-            };
+        let next = engine.node(&record.node_id).map_or(1, |v| v.last_seq() + 1);
+        read_chunks(store, &record.node_id, next, record.head.seq, |chunk| {
             applied += chunk.len() as u64;
             let change = engine.apply(chunk.iter().map(|s| &s.event));
             if let (Some(out), Some(c)) = (changes.as_deref_mut(), change) {
                 out.push(c);
             }
-            next = last + 1;
-        }
+            ControlFlow::Continue(())
+        })?;
     }
     Ok(applied)
 }
@@ -274,21 +268,17 @@ pub fn engine_as_of(
         if only.is_some_and(|n| n != record.node_id) {
             continue;
         }
-        let mut next = 1;
-        'node: while next <= record.head.seq {
-            let chunk = store.read(&record.node_id, next, CHUNK)?;
-            let Some(last) = chunk.last().map(|e| e.event.seq) else {
-                break;
-            };
-            // The node's history up to `at`: its events in seq order until
-            // the first one stamped later.
+        // The node's history up to `at`: its events in seq order until the
+        // first one stamped later.
+        read_chunks(store, &record.node_id, 1, record.head.seq, |chunk| {
             let upto = chunk.iter().take_while(|s| s.event.timestamp <= at).count();
             engine.apply(chunk[..upto].iter().map(|s| &s.event));
             if upto < chunk.len() {
-                break 'node;
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
             }
-            next = last + 1;
-        }
+        })?;
     }
     Ok(engine)
 }

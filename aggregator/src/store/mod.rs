@@ -157,3 +157,30 @@ pub trait EventStore: Send + Sync {
         after: u64,
     ) -> Result<Vec<sx_common::desired::DesiredChange>, StoreError>;
 }
+
+/// How many events [`read_chunks`] reads at a time.
+pub const READ_CHUNK: usize = 4_096;
+
+/// Passes a node's stored events with seq in `from..=to` to `f`, in order,
+/// [`READ_CHUNK`] at a time, until they run out or `f` breaks.
+pub fn read_chunks(
+    store: &dyn EventStore,
+    node_id: &str,
+    from: u64,
+    to: u64,
+    mut f: impl FnMut(&[SealedEvent]) -> std::ops::ControlFlow<()>,
+) -> Result<(), StoreError> {
+    let mut next = from.max(1);
+    while next <= to {
+        let max = usize::try_from(to - next + 1).map_or(READ_CHUNK, |n| n.min(READ_CHUNK));
+        let chunk = store.read(node_id, next, max)?;
+        let Some(last) = chunk.last().map(|e| e.event.seq) else {
+            break;
+        };
+        if f(&chunk).is_break() {
+            break;
+        }
+        next = last + 1;
+    }
+    Ok(())
+}
