@@ -49,7 +49,7 @@ pub struct RecordItem {
     pub timestamp: Option<Timestamp>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Request {
     #[serde(default)]
     events: Vec<RecordItem>,
@@ -101,7 +101,7 @@ pub struct Recorded {
     pub hash: sx_common::chain::Digest,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Answer {
     ok: bool,
     #[serde(default)]
@@ -174,11 +174,8 @@ async fn serve_client(stream: UnixStream, journal: JournalHandle, dir: DataDir) 
             Ok(answer) => answer,
             Err(e) => Answer {
                 ok: false,
-                events: Vec::new(),
                 error: Some(format!("{e:#}")),
-                bundle: None,
-                rotated: None,
-                journal: None,
+                ..Default::default()
             },
         };
         let mut out = serde_json::to_vec(&answer)?;
@@ -194,11 +191,7 @@ async fn handle_request(line: &str, journal: &JournalHandle, dir: &DataDir) -> R
     let req: Request = serde_json::from_str(line).context("request is not valid JSON")?;
     let mut answer = Answer {
         ok: true,
-        events: Vec::new(),
-        error: None,
-        bundle: None,
-        rotated: None,
-        journal: None,
+        ..Default::default()
     };
     if let Some(query) = req.query {
         answer.journal = Some(answer_query(query, journal).await?);
@@ -266,10 +259,8 @@ async fn answer_query(query: JournalQuery, journal: &JournalHandle) -> Result<Jo
 /// agent listens there (the caller then opens the journal itself).
 pub fn query_via_socket(path: &Path, query: JournalQuery) -> Result<Option<JournalAnswer>> {
     let request = Request {
-        events: Vec::new(),
-        bundle: None,
-        rotate: None,
         query: Some(query),
+        ..Default::default()
     };
     match ask(path, &request)? {
         None => Ok(None),
@@ -286,9 +277,7 @@ pub fn query_via_socket(path: &Path, query: JournalQuery) -> Result<Option<Journ
 pub fn record_via_socket(path: &Path, items: Vec<RecordItem>) -> Result<Option<Vec<Recorded>>> {
     let request = Request {
         events: items,
-        bundle: None,
-        rotate: None,
-        query: None,
+        ..Default::default()
     };
     Ok(ask(path, &request)?.map(|answer| answer.events))
 }
@@ -297,10 +286,8 @@ pub fn record_via_socket(path: &Path, items: Vec<RecordItem>) -> Result<Option<V
 /// listens there (the caller then works on the stopped agent's journal).
 pub fn bundle_via_socket(path: &Path, op: LocalRequest) -> Result<Option<LocalAnswer>> {
     let request = Request {
-        events: Vec::new(),
         bundle: Some(op),
-        rotate: None,
-        query: None,
+        ..Default::default()
     };
     match ask(path, &request)? {
         None => Ok(None),
@@ -318,10 +305,8 @@ pub fn bundle_via_socket(path: &Path, op: LocalRequest) -> Result<Option<LocalAn
 /// directory).
 pub fn rotate_via_socket(path: &Path, request: RotateRequest) -> Result<Option<Rotated>> {
     let request = Request {
-        events: Vec::new(),
-        bundle: None,
         rotate: Some(request),
-        query: None,
+        ..Default::default()
     };
     match ask(path, &request)? {
         None => Ok(None),
